@@ -1,0 +1,66 @@
+"""optimum-wc: weight compression for LLMs exported to OpenVINO, with our own engine.
+
+Light to import: the config and errors load at once; the engine, the exporter
+and the ``OVModelForCausalLM`` class (which import OpenVINO and
+optimum-intel) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import (
+    BackupMode,
+    CompressWeightsMode,
+    GroupSizeFallback,
+    IgnoredScope,
+    SensitivityMetric,
+    WeightCompressionConfig,
+)
+from .errors import (
+    ConfigError,
+    ExportError,
+    GroupSizeError,
+    ModelError,
+    NotYetSupportedError,
+    OptimumWCError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "compress_model": "optimum_wc.engine",
+    "export_model": "optimum_wc.export",
+    "OVModelForCausalLM": "optimum_wc.modeling",
+}
+
+__all__ = [
+    "BackupMode",
+    "CompressWeightsMode",
+    "ConfigError",
+    "ExportError",
+    "GroupSizeError",
+    "GroupSizeFallback",
+    "IgnoredScope",
+    "ModelError",
+    "NotYetSupportedError",
+    "OptimumWCError",
+    "SensitivityMetric",
+    "WeightCompressionConfig",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'optimum_wc' has no attribute {name!r}")
+
+
+# Let optimum-intel's own OVModelForCausalLM accept our config (see integration.py).
+from . import integration as _integration  # noqa: E402
+
+_integration.install()

@@ -1,0 +1,103 @@
+"""Make optimum-intel's ``OVModelForCausalLM`` use our engine for our config.
+
+optimum-intel has no registry for foreign quantization configs: its
+``_from_pretrained`` hands any ``quantization_config`` to NNCF through
+``OVConfig``, which rejects other types.  The narrowest hook is therefore to
+wrap that one classmethod: when ``quantization_config`` is a
+:class:`~optimum_wc.config.WeightCompressionConfig`, the model is loaded
+uncompressed and uncompiled, compressed by :func:`optimum_wc.compress_model`,
+then compiled.  Every other call goes to optimum-intel unchanged.  (Its
+``_from_transformers`` already exports without NNCF's default INT8 whenever a
+``quantization_config`` is given.)  ``_save_openvino_config`` is wrapped too,
+so ``save_pretrained`` writes our config beside the IR.
+
+The wrap is installed when ``optimum.intel.openvino.modeling_decoder`` is
+imported (or at once if it already is), so importing optimum_wc stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+CONFIG_FILE = "optimum_wc_config.json"
+_TARGET = "optimum.intel.openvino.modeling_decoder"
+_BASE = "optimum.intel.openvino.modeling_base"
+
+
+def _wrap(decoder_module, base_module) -> None:
+    cls = decoder_module.OVModelForCausalLM
+    if getattr(cls, "_optimum_wc_patched", False):
+        return
+    original = cls.__dict__["_from_pretrained"].__func__
+
+    def _from_pretrained(klass, model_id, config, *args, quantization_config=None, **kwargs):
+        from .config import WeightCompressionConfig
+
+        if not isinstance(quantization_config, WeightCompressionConfig):
+            model = original(klass, model_id, config, *args, quantization_config=quantization_config, **kwargs)
+            saved = Path(str(model_id)) / CONFIG_FILE
+            if quantization_config is None and saved.is_file():
+                model._wc_config = WeightCompressionConfig.from_json(saved)
+            return model
+        from .engine import compress_model
+
+        compile_model = kwargs.pop("compile", True)
+        model = original(klass, model_id, config, *args, quantization_config=None, compile=False, **kwargs)
+        compress_model(model.model, quantization_config)
+        model._wc_config = quantization_config
+        if compile_model:
+            model.compile()
+        return model
+
+    cls._from_pretrained = classmethod(_from_pretrained)
+    cls._optimum_wc_patched = True
+
+    base = base_module.OVBaseModel
+    original_save = base._save_openvino_config
+
+    def _save_openvino_config(self, save_directory):
+        wc_config = getattr(self, "_wc_config", None)
+        if wc_config is not None:
+            (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(wc_config.to_dict(), indent=2, sort_keys=True))
+        return original_save(self, save_directory)
+
+    base._save_openvino_config = _save_openvino_config
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs :func:`_wrap` right after optimum-intel's decoder module is executed."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _TARGET:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return None
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _wrap(module, sys.modules[_BASE])
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+def install() -> None:
+    """Patch now if optimum-intel's decoder module is loaded, else when it is."""
+    if _TARGET in sys.modules:
+        _wrap(sys.modules[_TARGET], sys.modules[_BASE])
+    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())

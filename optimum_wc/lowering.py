@@ -1,0 +1,177 @@
+"""Integer weight quantization: the maths, as small pure NumPy functions.
+
+For a weight ``W`` reduced along its input-channel axis (per output channel,
+or per group of ``g`` input channels), in float32:
+
+* symmetric (b bits):  ``s = signed_absmax(W) / 2^(b-1)``,
+  ``q = clip(round(W / s), -2^(b-1), 2^(b-1) - 1)``, ``W ~ s * q``;
+  ``signed_absmax`` is ``|min|`` if ``|min| >= max`` else ``-max`` (NNCF's rule,
+  so the largest magnitude lands on the code -2^(b-1)).
+* asymmetric:  ``lo = min(min W, 0)``, ``hi = max(max W, 0)``,
+  ``s = (hi - lo) / (2^b - 1)``, ``z = clip(-round(lo / s), 0, 2^b - 1)``,
+  ``q = clip(round(W / s + z), 0, 2^b - 1)``, ``W ~ s * (q - z)``.
+
+Scales smaller than float32 eps are raised to eps.  These are NNCF's formulas,
+so results are comparable code for code.  The scales are stored in f16 in the
+IR; quantization itself uses the float32 scale, as NNCF does.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import CompressWeightsMode
+
+_EPS = np.finfo(np.float32).eps
+# Rows per block: big enough for NumPy's loops, small enough to stay in cache.
+_BLOCK_ELEMENTS = 1 << 18
+_POOL: ThreadPoolExecutor | None = None
+
+
+@dataclass
+class CompressedWeight:
+    """Codes and decompression parameters of one weight.
+
+    ``codes`` and ``scale`` (and ``zero_point``) are in *grouped* layout: for a
+    weight reduced along axis ``a`` with group size ``g``, axis ``a`` of size
+    ``n`` becomes ``(n // g, g)``; per-channel weights keep their shape and the
+    reduced axis of ``scale`` has size 1.
+    """
+
+    codes: np.ndarray  # uint8 (asym) or int8 (sym)
+    scale: np.ndarray  # float32, reduced axis of size 1
+    zero_point: np.ndarray | None  # uint8, same shape as scale; None when symmetric
+    mode: CompressWeightsMode
+    group_size: int
+    original_shape: tuple[int, ...]
+
+
+def grouped(weight: np.ndarray, axis: int, group_size: int) -> tuple[np.ndarray, int]:
+    """View ``weight`` with ``axis`` split into ``(n // group_size, group_size)``.
+
+    Returns the view and the axis to reduce over (the in-group axis).  With
+    ``group_size == -1`` the weight is returned as it is.
+    """
+    axis = axis % weight.ndim
+    if group_size == -1:
+        return weight, axis
+    n = weight.shape[axis]
+    if n % group_size:
+        raise ValueError(f"channel size {n} is not divisible by group size {group_size}")
+    shape = weight.shape[:axis] + (n // group_size, group_size) + weight.shape[axis + 1 :]
+    return weight.reshape(shape), axis + 1
+
+
+def levels(mode: CompressWeightsMode) -> tuple[int, int]:
+    """The integer range ``[low, high]`` of ``mode``'s codes."""
+    b = mode.num_bits
+    return (0, 2**b - 1) if mode.is_asym else (-(2 ** (b - 1)), 2 ** (b - 1) - 1)
+
+
+def symmetric_scale(w: np.ndarray, axis: int, num_bits: int) -> np.ndarray:
+    """``signed_absmax(w) / 2^(b-1)`` along ``axis`` (keepdims), at least eps in magnitude."""
+    w_abs_min = np.abs(np.min(w, axis=axis, keepdims=True))
+    w_max = np.max(w, axis=axis, keepdims=True)
+    scale = np.where(w_abs_min >= w_max, w_abs_min, -w_max).astype(np.float32)
+    scale /= np.float32(2 ** (num_bits - 1))
+    return np.where(np.abs(scale) < _EPS, _EPS, scale).astype(np.float32)
+
+
+def asymmetric_params(w: np.ndarray, axis: int, num_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of ``[min(w, 0), max(w, 0)]`` mapped onto ``[0, 2^b - 1]``."""
+    high_level = 2**num_bits - 1
+    lo = np.minimum(np.min(w, axis=axis, keepdims=True), np.float32(0))
+    hi = np.maximum(np.max(w, axis=axis, keepdims=True), np.float32(0))
+    scale = ((hi - lo) / np.float32(high_level)).astype(np.float32)
+    scale = np.where(np.abs(scale) < _EPS, _EPS, scale).astype(np.float32)
+    zero_point = np.clip((0 - np.round(lo / scale)).astype(np.int32), 0, high_level)
+    return scale, zero_point.astype(np.uint8)
+
+
+def quantize_with_params(
+    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode
+) -> np.ndarray:
+    """``clip(round(w / scale [+ zero_point]))`` as uint8 (asym) or int8 (sym) codes."""
+    low, high = levels(mode)
+    q = np.divide(w, scale, dtype=np.float32)
+    if zero_point is not None:
+        q += zero_point.astype(np.float32)
+    np.rint(q, out=q)
+    np.clip(q, low, high, out=q)
+    return q.astype(np.uint8 if mode.is_asym else np.int8)
+
+
+def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
+    w = np.asarray(w, dtype=np.float32)
+    if mode.is_asym:
+        scale, zp = asymmetric_params(w, axis, mode.num_bits)
+    else:
+        scale, zp = symmetric_scale(w, axis, mode.num_bits), None
+    return quantize_with_params(w, scale, zp, mode), scale, zp
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="optimum-wc")
+    return _POOL
+
+
+def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int) -> CompressedWeight:
+    """Quantize ``weight`` along its input-channel ``axis`` (per channel if ``group_size == -1``).
+
+    The work is split into blocks along the first non-reduced axis and run on
+    a small thread pool (NumPy releases the GIL); every block uses exactly the
+    element-wise formulas above, so the result does not depend on the split.
+    """
+    w, red = grouped(weight, axis, group_size)
+    split_axis = 0 if red != 0 else 1
+    if w.ndim < 2:
+        split_axis = None
+    blocks = [w]
+    if split_axis is not None and w.size > 2 * _BLOCK_ELEMENTS:
+        n = w.shape[split_axis]
+        rows = max(1, _BLOCK_ELEMENTS * n // w.size)
+        lead = (slice(None),) * split_axis
+        blocks = [w[lead + (slice(i, i + rows),)] for i in range(0, n, rows)]
+    if len(blocks) == 1:
+        parts = [_quantize_block(blocks[0], red, mode)]
+    else:
+        parts = list(_pool().map(lambda b: _quantize_block(b, red, mode), blocks))
+    cat = (lambda xs: xs[0]) if len(parts) == 1 else (lambda xs: np.concatenate(xs, axis=split_axis))
+    codes = cat([p[0] for p in parts])
+    scale = cat([p[1] for p in parts])
+    zp = cat([p[2] for p in parts]) if mode.is_asym else None
+    return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape))
+
+
+def dequantize(cw: CompressedWeight) -> np.ndarray:
+    """``scale * (codes - zero_point)`` in float32, back in the original shape."""
+    q = cw.codes.astype(np.float32)
+    if cw.zero_point is not None:
+        q -= cw.zero_point.astype(np.float32)
+    return (q * cw.scale).reshape(cw.original_shape)
+
+
+def int8_error_sensitivity(weight: np.ndarray, axis: int) -> float:
+    """Data-free sensitivity: ``1 / (max over rows of mean((W - deq(q8(W)))^2) + eps)``.
+
+    High values mean INT8 per-channel keeps the weight well; the mixed-precision
+    assignment gives the 4-bit mode to the lowest values first (NNCF's
+    WEIGHT_QUANTIZATION_ERROR criterion).
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    cw = quantize(w, CompressWeightsMode.INT8_ASYM, -1, axis)
+    err = np.square(dequantize(cw) - w, dtype=np.float32)
+    return float(1.0 / (np.max(np.mean(err, axis=axis % w.ndim)) + _EPS))
+
+
+def relative_error(weight: np.ndarray, cw: CompressedWeight) -> float:
+    """Relative Frobenius error ``||W - deq(Q(W))|| / ||W||`` of one compressed weight."""
+    w = np.asarray(weight, dtype=np.float32)
+    norm = float(np.linalg.norm(w))
+    return float(np.linalg.norm(dequantize(cw) - w)) / norm if norm else 0.0

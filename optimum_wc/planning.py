@@ -1,0 +1,177 @@
+"""Which weight gets which precision: ignored scope, group sizes, mixed precision.
+
+Objective of the mixed-precision step (``ratio < 1``): among the
+ratio-defining weights, give the primary 4-bit mode to the least sensitive
+ones, in ascending order of sensitivity, while the share of 4-bit
+*parameters* stays below ``ratio``; the others get the backup mode.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .config import (
+    MIN_ADJUSTED_GROUP_SIZE,
+    CompressWeightsMode,
+    GroupSizeFallback,
+    IgnoredScope,
+    WeightCompressionConfig,
+)
+from .errors import ConfigError, GroupSizeError
+from .graph import WeightSite
+
+
+@dataclass
+class LayerPlan:
+    """The decision for one weight: ``mode`` None means it stays float."""
+
+    site: WeightSite
+    mode: CompressWeightsMode | None
+    group_size: int
+    ratio_defining: bool = False
+    note: str = ""  # why it is not in the primary mode, or that its group size was adjusted
+
+
+def ignored_site_names(sites: Sequence[WeightSite], scope: IgnoredScope) -> set[str]:
+    """Names of the sites the ignored scope removes; every rule must match something.
+
+    A rule matches a site through its weight name or the name or op type of
+    any op that uses it; patterns are regular expressions matched from the
+    start of the name (``re.match``), as in NNCF.
+    """
+    ignored: set[str] = set()
+    for rule, kind in [(n, "names") for n in scope.names] + [(p, "patterns") for p in scope.patterns] + [
+        (t, "types") for t in scope.types
+    ]:
+        if kind == "patterns":
+            try:
+                regex = re.compile(rule)
+            except re.error as exc:
+                raise ConfigError(f"ignored_scope pattern {rule!r} is not a valid regular expression: {exc}.") from exc
+        hit = {
+            s.name
+            for s in sites
+            if (kind == "names" and (rule == s.name or rule in s.op_names))
+            or (kind == "patterns" and any(regex.match(n) for n in [s.name, *s.op_names]))
+            or (kind == "types" and rule in s.op_types)
+        }
+        if not hit:
+            examples = ", ".join(repr(n) for n in [s.op_names[0] for s in sites][:3])
+            raise ConfigError(
+                f"ignored_scope {kind} entry {rule!r} matches no weighted layer; check the spelling "
+                f"(layer names look like {examples}; types are 'MatMul' and 'Gather')."
+            )
+        ignored |= hit
+    return ignored
+
+
+def adjusted_group_size(in_channels: int) -> int | None:
+    """Largest power of two dividing ``in_channels`` if it is >= 32, else None."""
+    size = in_channels & -in_channels
+    return size if size >= MIN_ADJUSTED_GROUP_SIZE else None
+
+
+def plan_layers(
+    sites: Sequence[WeightSite],
+    config: WeightCompressionConfig,
+    sensitivity: Callable[[WeightSite], float],
+) -> list[LayerPlan]:
+    """Decide mode and group size for every site (in the sites' order)."""
+    ignored = ignored_site_names(sites, config.ignored_scope) if config.ignored_scope else set()
+    backup = config.backup_mode.as_mode()
+    plans = [
+        LayerPlan(s, None, -1, note="ignored scope")
+        if s.name in ignored
+        else LayerPlan(s, backup, -1, note="" if backup else "backup mode none")
+        for s in sites
+    ]
+    active = [p for p in plans if p.site.name not in ignored]
+    if config.mode.num_bits == 8:
+        for p in active:
+            p.mode, p.group_size, p.ratio_defining, p.note = config.mode, -1, True, ""
+        return plans
+
+    ratio_defining = _ratio_defining(plans, ignored, config.all_layers)
+    ratio_defining = _apply_group_sizes(ratio_defining, config)
+    for p in ratio_defining:
+        p.ratio_defining = True
+    primary = set(id(p) for p in _select_primary(ratio_defining, config.ratio, sensitivity))
+    for p in ratio_defining:
+        if id(p) in primary:
+            p.mode, p.note = config.mode, p.note
+        else:
+            p.mode, p.group_size = backup, -1
+            p.note = "mixed precision (ratio)" if backup else "mixed precision (ratio), backup mode none"
+    return plans
+
+
+def _ratio_defining(plans: list[LayerPlan], ignored: set[str], all_layers: bool) -> list[LayerPlan]:
+    """MatMul weights but the last one, plus embeddings and the last MatMul with ``all_layers``.
+
+    As in NNCF, when the last MatMul's weight is shared with an earlier op
+    (tied embeddings) or ignored, no MatMul is dropped for being last.
+    """
+    matmuls = [p for p in plans if p.site.kind == "matmul" and p.site.name not in ignored]
+    last = max(plans, key=lambda p: p.site.op_indices[-1], default=None)
+    last_op_has_own_weight = last is not None and len(last.site.op_indices) == 1 and last.site.name not in ignored
+    if not all_layers and matmuls and last_op_has_own_weight:
+        matmuls[-1].note = "last layer (all_layers=False)"
+        matmuls = matmuls[:-1]
+    if all_layers:
+        matmuls += [p for p in plans if p.site.kind == "embedding" and p.site.name not in ignored]
+    else:
+        for p in plans:
+            if p.site.kind == "embedding" and p.site.name not in ignored:
+                p.note = "embedding (all_layers=False)"
+    return matmuls
+
+
+def _apply_group_sizes(ratio_defining: list[LayerPlan], config: WeightCompressionConfig) -> list[LayerPlan]:
+    """Set each layer's group size; drop from the ratio-defining set those that cannot take one."""
+    gs = config.effective_group_size
+    if gs == -1:
+        return ratio_defining
+    bad = [p for p in ratio_defining if p.site.in_channels % gs]
+    if bad and config.group_size_fallback is GroupSizeFallback.ERROR:
+        listed = "; ".join(f"{p.site.op_names[0]} {list(p.site.shape)}" for p in bad[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise GroupSizeError(
+            f"group_size={gs} does not divide the input channels of {len(bad)} layer(s): {listed}{more}. "
+            "Choose a group size that divides them, or set group_size_fallback='adjust' (use the largest "
+            "power-of-two divisor >= 32) or 'ignore' (keep those layers in the backup precision)."
+        )
+    kept = []
+    for p in ratio_defining:
+        p.group_size = gs
+        if p.site.in_channels % gs == 0:
+            kept.append(p)
+            continue
+        adjusted = adjusted_group_size(p.site.in_channels) if config.group_size_fallback is GroupSizeFallback.ADJUST else None
+        if adjusted is not None:
+            p.group_size, p.note = adjusted, f"group size adjusted {gs} -> {adjusted}"
+            kept.append(p)
+        else:
+            p.group_size = -1
+            p.note = f"group size {gs} does not divide {p.site.in_channels} input channels: backup precision"
+    return kept
+
+
+def _select_primary(
+    ratio_defining: list[LayerPlan], ratio: float, sensitivity: Callable[[WeightSite], float]
+) -> list[LayerPlan]:
+    """Least sensitive first, while the 4-bit share of parameters stays below ``ratio``."""
+    if ratio >= 1 or not ratio_defining:
+        return list(ratio_defining)
+    total = sum(p.site.num_weights for p in ratio_defining)
+    scores = [sensitivity(p.site) for p in ratio_defining]
+    order = sorted(range(len(ratio_defining)), key=lambda i: (scores[i], i))
+    chosen, n4 = [], 0
+    for i in order:
+        n = ratio_defining[i].site.num_weights
+        if (n4 + n) / total >= ratio:
+            break
+        chosen.append(ratio_defining[i])
+        n4 += n
+    return chosen
