@@ -197,14 +197,16 @@ def integer_constant(values: np.ndarray, element_type, name: str):
 def decompression_subgraph(cw: CompressedWeight, name: str):
     """Build ``codes -> Convert -> [Subtract zp] -> Multiply scale -> [Reshape]`` (output f16)."""
     code_type = _OV_TYPES[(cw.mode, "codes")]
-    weight = ops.convert(integer_constant(cw.codes, code_type, name), ov.Type.f16)
+    weight = ops.convert(integer_constant(cw.codes, code_type, name), ov.Type.f16, name=f"{name}/convert")
     if cw.zero_point is not None:
-        zp = ops.convert(integer_constant(cw.zero_point, code_type, f"{name}/zero_point"), ov.Type.f16)
+        zp_const = integer_constant(cw.zero_point, code_type, f"{name}/zero_point")
+        zp = ops.convert(zp_const, ov.Type.f16, name=f"{name}/zero_point/convert")
         weight = ops.subtract(weight, zp, name=f"{name}/zero_point/subtract")
     scale = ops.constant(cw.scale.astype(np.float16), name=f"{name}/scale")
     weight = ops.multiply(weight, scale, name=f"{name}/fq_weights")
     if cw.group_size != -1:
-        weight = ops.reshape(weight, np.array(cw.original_shape, dtype=np.int64), special_zero=False)
+        shape = ops.constant(np.array(cw.original_shape, dtype=np.int64), name=f"{name}/reshape/shape")
+        weight = ops.reshape(weight, shape, special_zero=False, name=f"{name}/reshape")
     return weight
 
 

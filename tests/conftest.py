@@ -1,0 +1,134 @@
+"""Shared fixtures: tiny random causal LMs (Llama, GPT-2) with an offline tokenizer, and their float IRs.
+
+Everything is built locally from a config: no model hub is ever contacted.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+AUSTEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "austen"
+SAMPLE_TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. However little known the feelings or views of such a man may be "
+) * 20
+
+
+def _training_text() -> str:
+    path = AUSTEN / "emma.txt"
+    return path.read_text(encoding="utf-8")[:100_000] if path.is_file() else SAMPLE_TEXT
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A small byte-level BPE tokenizer trained on local text (deterministic, offline)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_training_text()], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_llama(path: Path, hidden: int = 64, intermediate: int = 192, tie: bool = False) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=512, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+    )
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+def build_gpt2(path: Path) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=512, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def llama96_dir(tmp_path_factory) -> Path:
+    """Hidden size 96: group size 64 does not divide it (adjusts to 32), 128 does not either."""
+    return build_llama(tmp_path_factory.mktemp("tiny-llama96") / "model", hidden=96, intermediate=256)
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory) -> Path:
+    return build_gpt2(tmp_path_factory.mktemp("tiny-gpt2") / "model")
+
+
+def _float_ir(model_dir: Path, out: Path) -> Path:
+    from optimum_wc.export import export_float_ir
+
+    export_float_ir(model_dir, out)
+    return out / "openvino_model.xml"
+
+
+@pytest.fixture(scope="session")
+def llama_ir(llama_dir, tmp_path_factory) -> Path:
+    return _float_ir(llama_dir, tmp_path_factory.mktemp("llama-ir"))
+
+
+@pytest.fixture(scope="session")
+def llama96_ir(llama96_dir, tmp_path_factory) -> Path:
+    return _float_ir(llama96_dir, tmp_path_factory.mktemp("llama96-ir"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_ir(gpt2_dir, tmp_path_factory) -> Path:
+    return _float_ir(gpt2_dir, tmp_path_factory.mktemp("gpt2-ir"))
+
+
+@pytest.fixture()
+def read_ir():
+    import openvino as ov
+
+    core = ov.Core()
+    return lambda path: core.read_model(path)
+
+
+def run_logits(model, input_ids: np.ndarray) -> np.ndarray:
+    """Logits of a stateful OpenVINO causal LM for one batch of token ids (fresh state)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    n = input_ids.shape[1]
+    names = {p.get_any_name() for p in compiled.inputs}
+    feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+    if "position_ids" in names:
+        feed["position_ids"] = np.arange(n, dtype=np.int64)[None].repeat(input_ids.shape[0], 0)
+    if "beam_idx" in names:
+        feed["beam_idx"] = np.arange(input_ids.shape[0], dtype=np.int32)
+    request.reset_state()
+    return request.infer(feed)["logits"].copy()
