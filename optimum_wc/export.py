@@ -71,7 +71,11 @@ def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = Fa
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         raise ExportError(f"cannot read {path / 'config.json'}: {exc}. Check the file, or pass trust_remote_code=True for custom code.") from exc
     architectures = getattr(config, "architectures", None) or []
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in architectures):
+    if architectures:
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    else:
+        causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not causal:
         raise ExportError(
             f"{path} is a {config.model_type!r} model ({', '.join(architectures) or 'no architectures listed'}), "
             "not a causal language model; optimum-wc exports text-generation models (e.g. Llama, Qwen2, GPT-2)."
