@@ -75,6 +75,7 @@ def compress_model(ov_model, config: WeightCompressionConfig | dict | Any = None
         if p.mode is None:
             continue
         cw = quantize(read_weight(p.site), p.mode, p.group_size, p.site.reduction_axis)
+        records[-1]["relative_error"] = round(cw.relative_error, 6)
         replace_with_compressed(p.site, cw)
         del cw
 
@@ -94,6 +95,7 @@ def _layer_record(p: LayerPlan) -> dict[str, Any]:
         "group_size": p.group_size if p.mode else None,
         "ratio_defining": p.ratio_defining,
         "note": p.note,
+        "relative_error": None if p.mode else 0.0,
     }
 
 

@@ -48,6 +48,13 @@ class CompressedWeight:
     mode: CompressWeightsMode
     group_size: int
     original_shape: tuple[int, ...]
+    sq_error: float = 0.0  # sum of (W - dequantized)^2, measured while quantizing
+    sq_norm: float = 0.0  # sum of W^2
+
+    @property
+    def relative_error(self) -> float:
+        """Relative Frobenius error ``||W - deq(Q(W))|| / ||W||``."""
+        return float(np.sqrt(self.sq_error / self.sq_norm)) if self.sq_norm else 0.0
 
 
 def grouped(weight: np.ndarray, axis: int, group_size: int) -> tuple[np.ndarray, int]:
@@ -92,26 +99,39 @@ def asymmetric_params(w: np.ndarray, axis: int, num_bits: int) -> tuple[np.ndarr
     return scale, zero_point.astype(np.uint8)
 
 
-def quantize_with_params(
-    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode
-) -> np.ndarray:
-    """``clip(round(w / scale [+ zero_point]))`` as uint8 (asym) or int8 (sym) codes."""
+def _rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
+    """``clip(round(w / scale [+ zero_point]))`` as float32 integers."""
     low, high = levels(mode)
     q = np.divide(w, scale, dtype=np.float32)
     if zero_point is not None:
         q += zero_point.astype(np.float32)
     np.rint(q, out=q)
     np.clip(q, low, high, out=q)
-    return q.astype(np.uint8 if mode.is_asym else np.int8)
+    return q
+
+
+def quantize_with_params(
+    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode
+) -> np.ndarray:
+    """``clip(round(w / scale [+ zero_point]))`` as uint8 (asym) or int8 (sym) codes."""
+    return _rounded_levels(w, scale, zero_point, mode).astype(np.uint8 if mode.is_asym else np.int8)
 
 
 def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
+    """Codes, scale, zero point and the block's squared error and squared norm."""
     w = np.asarray(w, dtype=np.float32)
     if mode.is_asym:
         scale, zp = asymmetric_params(w, axis, mode.num_bits)
     else:
         scale, zp = symmetric_scale(w, axis, mode.num_bits), None
-    return quantize_with_params(w, scale, zp, mode), scale, zp
+    q = _rounded_levels(w, scale, zp, mode)
+    codes = q.astype(np.uint8 if mode.is_asym else np.int8)
+    if zp is not None:
+        q -= zp.astype(np.float32)
+    q *= scale
+    q -= w
+    flat_err, flat_w = q.reshape(-1), w.reshape(-1)
+    return codes, scale, zp, float(np.dot(flat_err, flat_err)), float(np.dot(flat_w, flat_w))
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -146,7 +166,8 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     codes = cat([p[0] for p in parts])
     scale = cat([p[1] for p in parts])
     zp = cat([p[2] for p in parts]) if mode.is_asym else None
-    return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape))
+    sq_error, sq_norm = sum(p[3] for p in parts), sum(p[4] for p in parts)
+    return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm)
 
 
 def dequantize(cw: CompressedWeight) -> np.ndarray:
@@ -168,10 +189,3 @@ def int8_error_sensitivity(weight: np.ndarray, axis: int) -> float:
     cw = quantize(w, CompressWeightsMode.INT8_ASYM, -1, axis)
     err = np.square(dequantize(cw) - w, dtype=np.float32)
     return float(1.0 / (np.max(np.mean(err, axis=axis % w.ndim)) + _EPS))
-
-
-def relative_error(weight: np.ndarray, cw: CompressedWeight) -> float:
-    """Relative Frobenius error ``||W - deq(Q(W))|| / ||W||`` of one compressed weight."""
-    w = np.asarray(weight, dtype=np.float32)
-    norm = float(np.linalg.norm(w))
-    return float(np.linalg.norm(dequantize(cw) - w)) / norm if norm else 0.0

@@ -86,6 +86,7 @@ def test_dequantize_error_is_bounded_by_half_a_step():
     assert np.all(np.abs(dequantize(cw) - w) <= step / 2 + 1e-6)
     sqnr = 10 * np.log10(np.sum(w**2) / np.sum((dequantize(cw) - w) ** 2))
     assert sqnr > 15  # 4-bit, group 32 on Gaussian weights
+    assert cw.relative_error == pytest.approx(np.linalg.norm(dequantize(cw) - w) / np.linalg.norm(w), rel=1e-4)
 
 
 def test_int8_sensitivity_is_inverse_of_worst_row_error():
