@@ -180,6 +180,7 @@ class WeightCompressionConfig:
     dataset: Any = None
     subset_size: int = 128
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST
+    sample_length: int = 128
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -300,6 +301,8 @@ def _check_numbers(c: WeightCompressionConfig) -> None:
             )
     if isinstance(c.subset_size, bool) or not isinstance(c.subset_size, int) or c.subset_size < 1:
         raise ConfigError(f"subset_size={c.subset_size!r} must be a positive integer, e.g. 128.")
+    if isinstance(c.sample_length, bool) or not isinstance(c.sample_length, int) or c.sample_length < 8:
+        raise ConfigError(f"sample_length={c.sample_length!r} must be an integer >= 8 (tokens per calibration sample), e.g. 128.")
 
 
 def _check_int8_options(c: WeightCompressionConfig) -> None:

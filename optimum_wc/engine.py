@@ -17,45 +17,70 @@ from typing import Any, Sequence
 
 from .config import WeightCompressionConfig
 from .errors import NotYetSupportedError
+from .awq import apply_awq
+from .calibration import prepare_samples
 from .graph import find_weight_sites, read_weight, replace_with_compressed, write_rt_info
-from .lowering import int8_error_sensitivity, quantize
+from .lowering import quantize
 from .planning import LayerPlan, plan_layers
+from .scale_estimation import estimate_scales
+from .sensitivity import sensitivity_function
+from .statistics import collect_statistics
 
 logger = logging.getLogger("optimum_wc")
 
 __all__ = ["compress_model", "bitwidth_table"]
 
 
-def _check_supported(config: WeightCompressionConfig, dataset: Any) -> None:
-    needs_data = config.data_aware_options
-    if needs_data:
+GRAM_BLOCK = 128  # scale estimation: exact group Grams for group sizes dividing gcd(channels, 128)
+IMPLEMENTED_DATA_AWARE = ("awq", "scale_estimation", "sensitivity_metric=")
+
+
+def _check_supported(config: WeightCompressionConfig, data: Any) -> None:
+    missing = [o for o in config.data_aware_options if not o.startswith(IMPLEMENTED_DATA_AWARE)]
+    if missing:
         raise NotYetSupportedError(
-            f"data-aware compression ({', '.join(needs_data)}) is not implemented in this version of optimum-wc; "
-            "use data-free options (awq/scale_estimation/gptq/lora_correction=False and "
-            "sensitivity_metric='weight_quantization_error' or ratio=1.0) until it lands."
+            f"{', '.join(missing)} is not implemented in this version of optimum-wc; "
+            "use awq and/or scale_estimation (or data-free compression) until it lands."
         )
-    if dataset is not None or config.dataset is not None:
-        logger.info("Calibration data was given but this data-free config does not use it.")
+    if data is not None and not config.data_aware_options:
+        logger.info("Calibration data was given but this config does not use it (no data-aware option).")
 
 
-def compress_model(ov_model, config: WeightCompressionConfig | dict | Any = None, dataset: Any = None, *, progress: bool = False):
+def compress_model(
+    ov_model,
+    config: WeightCompressionConfig | dict | Any = None,
+    dataset: Any = None,
+    *,
+    tokenizer: Any = None,
+    progress: bool = False,
+    statistics_path: str | None = None,
+):
     """Compress the weights of ``ov_model`` (an ``openvino.Model``) in place and return it.
 
     ``config`` is a :class:`WeightCompressionConfig`, its dict, or an
-    optimum-intel ``OVWeightQuantizationConfig``.  The chosen mode and group
-    size of every layer are written to the model's ``rt_info`` and logged as
-    a bit-width distribution table.
+    optimum-intel ``OVWeightQuantizationConfig``.  ``dataset`` (else
+    ``config.dataset``) is the calibration data of data-aware options; text
+    needs ``tokenizer``.  ``statistics_path`` caches activation statistics
+    on disk and reuses them for the same model and data.  The chosen mode and
+    group size of every layer are written to the model's ``rt_info`` and
+    logged as a bit-width distribution table.
     """
     config = WeightCompressionConfig() if config is None else WeightCompressionConfig.coerce(config)
-    _check_supported(config, dataset)
+    data = dataset if dataset is not None else config.dataset
+    _check_supported(config, data)
     start = time.perf_counter()
     sites, skipped = find_weight_sites(ov_model)
     for op_name, reason in skipped:
         logger.info("Not compressed: %s (%s)", op_name, reason)
 
-    def sensitivity(site) -> float:
-        return int8_error_sensitivity(read_weight(site), site.reduction_axis)
+    stats = None
+    if config.data_aware_options:
+        samples = prepare_samples(data, tokenizer, config.subset_size, config.sample_length, ov_model=ov_model)
+        logger.info("Calibrating on %d samples of up to %d tokens.", len(samples), config.sample_length)
+        stats = collect_statistics(ov_model, sites, samples, progress=progress, cache_path=statistics_path,
+                                   gram_block=GRAM_BLOCK if config.scale_estimation else 0)
 
+    sensitivity = sensitivity_function(config.effective_sensitivity_metric, stats)
     plans = plan_layers(sites, config, sensitivity)
     adjusted: dict[str, list[str]] = {}
     for p in plans:
@@ -63,6 +88,9 @@ def compress_model(ov_model, config: WeightCompressionConfig | dict | Any = None
             adjusted.setdefault(f"{p.note} ({p.site.in_channels} input channels)", []).append(p.site.op_names[0])
     for note, names in adjusted.items():
         logger.info("%s for %d layer(s): %s", note.capitalize(), len(names), ", ".join(names))
+    if config.awq:
+        for rec in apply_awq(ov_model, plans, stats, config.mode):
+            logger.debug("AWQ %s", rec)
 
     records = []
     iterator = plans
@@ -74,7 +102,7 @@ def compress_model(ov_model, config: WeightCompressionConfig | dict | Any = None
         records.append(_layer_record(p))
         if p.mode is None:
             continue
-        cw = quantize(read_weight(p.site), p.mode, p.group_size, p.site.reduction_axis)
+        cw = _compress_layer(p, config, stats)
         records[-1]["relative_error"] = round(cw.relative_error, 6)
         replace_with_compressed(p.site, cw)
         del cw
@@ -82,6 +110,24 @@ def compress_model(ov_model, config: WeightCompressionConfig | dict | Any = None
     write_rt_info(ov_model, config.to_dict(), records)
     logger.info("Weight compression took %.2f s.\n%s", time.perf_counter() - start, bitwidth_table(records))
     return ov_model
+
+
+def _compress_layer(p: LayerPlan, config: WeightCompressionConfig, stats) -> Any:
+    """Round-to-nearest, or scale estimation for primary-mode 2-D MatMul weights when asked."""
+    weight = read_weight(p.site)
+    use_se = (
+        config.scale_estimation
+        and p.mode is config.mode
+        and p.site.kind == "matmul"
+        and len(p.site.shape) == 2
+        and stats is not None
+        and p.site.name in stats
+        and stats[p.site.name].n_tokens > 0
+    )
+    if use_se:
+        st = stats[p.site.name]
+        return estimate_scales(weight, st.rows, p.mode, p.group_size, p.site.reduction_axis, st.group_grams(p.group_size))
+    return quantize(weight, p.mode, p.group_size, p.site.reduction_axis)
 
 
 def _layer_record(p: LayerPlan) -> dict[str, Any]:

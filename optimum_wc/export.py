@@ -139,6 +139,15 @@ def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None 
         raise ExportError(f"the exporter wrote no {IR_XML} for {model_id}; the architecture is probably unsupported.")
 
 
+def _calibration_tokenizer(config: WeightCompressionConfig, folder: Path):
+    """The model's tokenizer when the config calibrates on data (text needs tokenising), else None."""
+    if not config.data_aware_options:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def export_model(
     model_id: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -147,30 +156,45 @@ def export_model(
     task: str | None = None,
     trust_remote_code: bool = False,
     load: bool = True,
+    progress: bool = False,
 ):
     """Export ``model_id`` to ``output_dir`` as OpenVINO IR compressed by our engine.
 
     ``config=None`` keeps the weights float.  Returns the loaded
     :class:`~optimum_wc.modeling.OVModelForCausalLM` (or None with ``load=False``).
+    ``compression_report.json`` is written beside the model; ``progress``
+    shows progress bars (steps and layers).
     """
     import openvino as ov
 
     from .engine import compress_model
+    from .report import Stages, write_report
 
     wc_config = None if config is None else WeightCompressionConfig.coerce(config)
     check_model_source(model_id, trust_remote_code)
     target = Path(output_dir)
     with staging_dir(target) as tmp:
         float_dir, out_dir = tmp / "float", tmp / "out"
+        stages = Stages(("export", "compress", "save"), progress)
+        stages.start("export")
         start = time.perf_counter()
-        export_float_ir(model_id, float_dir, task, trust_remote_code)
+        from .prequantized import detect_prequantized, export_prequantized_ir
+
+        prequantized = detect_prequantized(model_id)  # GPTQ/AWQ: keep the checkpoint's integer weights exactly
+        if prequantized is not None:
+            export_prequantized_ir(model_id, float_dir, prequantized, task, trust_remote_code)
+        else:
+            export_float_ir(model_id, float_dir, task, trust_remote_code)
         logger.info("Exported the float IR in %.1f s.", time.perf_counter() - start)
         out_dir.mkdir()
         core = ov.Core()
         model = core.read_model(float_dir / IR_XML)
+        stages.start("compress")
         if wc_config is not None:
-            compress_model(model, wc_config)
+            compress_model(model, wc_config, progress=progress, tokenizer=_calibration_tokenizer(wc_config, float_dir))
+        stages.start("save")
         ov.save_model(model, out_dir / IR_XML, compress_to_fp16=False)
+        write_report(out_dir, model, model_id=model_id, timings=stages.close(), float_bin=float_dir / "openvino_model.bin")
         del model
         for item in sorted(float_dir.iterdir()):
             if item.name not in (IR_XML, "openvino_model.bin") and item.is_file():

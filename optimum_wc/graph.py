@@ -156,6 +156,24 @@ def find_weight_sites(model) -> tuple[list[WeightSite], list[tuple[str, str]]]:
     return list(sites.values()), skipped
 
 
+def ops_by_name(model) -> dict[str, Any]:
+    return {op.get_friendly_name(): op for op in model.get_ops()}
+
+
+def activation_input(op) -> Any:
+    """The non-constant input (an Output) of a weighted MatMul."""
+    found = _weight_of(op)
+    if found is None or op.get_type_name() != "MatMul":
+        raise ValueError(f"{op.get_friendly_name()} is not a MatMul with a constant weight")
+    return op.input_value(1 - found[1])
+
+
+def activation_source(op) -> tuple[str, int]:
+    """(producer friendly name, output index) of a weighted MatMul's activation input."""
+    source = activation_input(op)
+    return source.get_node().get_friendly_name(), source.get_index()
+
+
 def read_weight(site: WeightSite) -> np.ndarray:
     """The weight as float32 (a view when it already is float32)."""
     const = site.const
@@ -202,7 +220,8 @@ def decompression_subgraph(cw: CompressedWeight, name: str):
         zp_const = integer_constant(cw.zero_point, code_type, f"{name}/zero_point")
         zp = ops.convert(zp_const, ov.Type.f16, name=f"{name}/zero_point/convert")
         weight = ops.subtract(weight, zp, name=f"{name}/zero_point/subtract")
-    scale = ops.constant(cw.scale.astype(np.float16), name=f"{name}/scale")
+    # (contiguous: the OpenVINO binding mistypes a strided float16 array as i16)
+    scale = ops.constant(np.ascontiguousarray(cw.scale, dtype=np.float16), name=f"{name}/scale")
     weight = ops.multiply(weight, scale, name=f"{name}/fq_weights")
     if cw.group_size != -1:
         shape = ops.constant(np.array(cw.original_shape, dtype=np.int64), name=f"{name}/reshape/shape")
@@ -253,3 +272,152 @@ def read_rt_info(model) -> tuple[dict, list[dict]] | None:
     config = json.loads(model.get_rt_info([RT_INFO_KEY, "config"]).astype(str))
     layers = json.loads(model.get_rt_info([RT_INFO_KEY, "layers"]).astype(str))
     return config, layers
+
+
+# -- edits for data-aware algorithms (AWQ): scale absorption and float weight updates ---------
+
+
+def _only_feeds(producer, consumers) -> bool:
+    """True when every user of ``producer``'s output is one of ``consumers``."""
+    names = {c.get_friendly_name() for c in consumers}
+    return all(t.get_node().get_friendly_name() in names for t in producer.output(0).get_target_inputs())
+
+
+def _constant_operand(node) -> tuple[int, Any] | None:
+    for port in range(node.get_input_size()):
+        const = _source_constant(node.input_value(port))
+        if const is not None and const.get_element_type() in FLOAT_TYPES:
+            return port, const
+    return None
+
+
+def is_constant_scaling(producer, consumers) -> bool:
+    """``x * c`` with a float constant ``c`` varying only along the last axis (a norm's gain)."""
+    if producer.get_type_name() != "Multiply" or not _only_feeds(producer, consumers):
+        return False
+    found = _constant_operand(producer)
+    if found is None:
+        return False
+    shape = list(found[1].get_output_shape(0))
+    channels = producer.get_output_partial_shape(0)[-1]
+    return bool(shape) and all(d == 1 for d in shape[:-1]) and channels.is_static and shape[-1] == channels.get_length()
+
+
+def scale_constant_operand(producer, consumers, factor: np.ndarray, context: dict) -> None:
+    """Multiply the constant operand of ``producer`` by ``factor`` along its last axis."""
+    port, const = _constant_operand(producer)
+    data = np.asarray(const.get_data(), dtype=np.float32) * factor.astype(np.float32)
+    new = ops.constant(data.astype(np.float32), name=f"{const.get_friendly_name()}/awq")
+    producer.input(port).replace_source_output(new.output(0))
+
+
+def _gating_matmul(producer):
+    """The MatMul with a constant weight that feeds ``producer`` directly and nothing else, if any."""
+    for port in range(producer.get_input_size()):
+        node = producer.input_value(port).get_node()
+        if node.get_type_name() == "MatMul" and _weight_of(node) is not None and len(node.output(0).get_target_inputs()) == 1:
+            return node
+    return None
+
+
+def is_gated_linear(producer, consumers) -> bool:
+    """``act(gate) * up(x)``: a Multiply fed by a weighted MatMul whose output it alone uses."""
+    return (
+        producer.get_type_name() == "Multiply"
+        and _only_feeds(producer, consumers)
+        and _constant_operand(producer) is None
+        and _gating_matmul(producer) is not None
+    )
+
+
+def scale_gated_linear_rows(producer, consumers, factor: np.ndarray, context: dict) -> None:
+    """Scale the output channels of the MatMul feeding ``producer`` by ``factor``."""
+    matmul = _gating_matmul(producer)
+    site = context["all_sites_by_op"].get(matmul.get_friendly_name())
+    if site is None:
+        raise ValueError(f"no weight site for {matmul.get_friendly_name()}")
+    w = np.array(read_weight(site), dtype=np.float32)
+    out_axis = 1 - site.reduction_axis % 2
+    shape = [1, 1]
+    shape[out_axis] = -1
+    set_float_weight(site, w * factor.reshape(shape))
+
+
+def insert_activation_scale(producer, consumers, factor: np.ndarray, context: dict) -> None:
+    """Insert ``x * factor`` between the activation and the given MatMuls."""
+    source = activation_input(consumers[0])
+    scale = ops.constant(factor.astype(np.float32), name=f"{source.get_node().get_friendly_name()}/awq_scale")
+    if source.get_element_type() != ov.Type.f32:
+        scale = ops.convert(scale, source.get_element_type())
+    scaled = ops.multiply(source, scale, name=f"{source.get_node().get_friendly_name()}/awq_multiply")
+    for matmul in consumers:
+        port = 1 - _weight_of(matmul)[1]
+        matmul.input(port).replace_source_output(scaled.output(0))
+
+
+def set_float_weight(site: WeightSite, weight: np.ndarray) -> None:
+    """Replace ``site``'s weight by a float32 constant holding ``weight`` (same shape)."""
+    new = ops.constant(np.ascontiguousarray(weight, dtype=np.float32), name=site.name)
+    for target in list(site.const.output(0).get_target_inputs()):
+        target.replace_source_output(new.output(0))
+    site.const = new
+    site.element_type = ov.Type.f32
+
+
+# -- pre-quantized checkpoints (GPTQ act-order): reorder a MatMul's input channels --------------
+
+
+def gather_matmul_inputs(site: WeightSite, indices: np.ndarray) -> list[str]:
+    """Feed every MatMul that uses ``site``'s constant as its weight with its activation's channels in ``indices`` order.
+
+    Inserts ``Gather(activation, indices, axis=<activation's reduction axis>)``
+    before each such MatMul, so that the weight may then hold its input
+    channels in that same order: ``x W^T == x[..., P] (W[:, P])^T`` for any
+    permutation ``P``.  Call it before :func:`replace_with_compressed` (it walks
+    from the constant, through Convert nodes, to the MatMuls).  Returns the
+    names of the Gather nodes.
+    """
+    from .errors import ModelError
+
+    indices = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+    if site.const is None:
+        raise ModelError(f"{site.name}: the weight was already replaced; reorder the inputs before replacing it.")
+    names: list[str] = []
+    pending = [site.const]
+    while pending:
+        node = pending.pop()
+        for target in node.output(0).get_target_inputs():
+            consumer = target.get_node()
+            kind = consumer.get_type_name()
+            if kind in _LOOK_THROUGH:
+                pending.append(consumer)
+                continue
+            if kind != "MatMul":
+                raise ModelError(
+                    f"{site.name} feeds a {kind} ({consumer.get_friendly_name()}), so its input channels cannot be "
+                    "reordered with the activation; only MatMul weights can."
+                )
+            attrs = consumer.get_attributes()
+            weight_port = target.get_index()
+            act_port = 1 - weight_port
+            if act_port == 0:
+                axis = -2 if attrs["transpose_a"] else -1
+            else:
+                axis = -1 if attrs["transpose_b"] else -2
+            activation = consumer.input_value(act_port)
+            channels = activation.get_partial_shape()[axis] if activation.get_partial_shape().rank.is_static else None
+            if channels is not None and channels.is_static and channels.get_length() != indices.size:
+                raise ModelError(
+                    f"{site.name}: {indices.size} channel indices for an activation with {channels.get_length()} "
+                    f"channels at {consumer.get_friendly_name()}."
+                )
+            name = f"{site.name}/input_gather/{len(names)}" if names else f"{site.name}/input_gather"
+            gather = ops.gather(
+                activation,
+                ops.constant(indices, name=f"{name}/indices"),
+                ops.constant(np.array(axis, dtype=np.int64), name=f"{name}/axis"),
+                name=name,
+            )
+            consumer.input(act_port).replace_source_output(gather.output(0))
+            names.append(name)
+    return names

@@ -47,7 +47,12 @@ def _wrap(decoder_module, base_module) -> None:
 
         compile_model = kwargs.pop("compile", True)
         model = original(klass, model_id, config, *args, quantization_config=None, compile=False, **kwargs)
-        compress_model(model.model, quantization_config)
+        tokenizer = None
+        if quantization_config.data_aware_options:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(getattr(config, "name_or_path", None) or model_id)
+        compress_model(model.model, quantization_config, tokenizer=tokenizer)
         model._wc_config = quantization_config
         if compile_model:
             model.compile()

@@ -37,7 +37,33 @@ class OVModelForCausalLM(_OVModelForCausalLM):
             )
         if quantization_config is not None and not isinstance(quantization_config, WeightCompressionConfig):
             quantization_config = WeightCompressionConfig.coerce(quantization_config)
+        if export:
+            from .prequantized import detect_prequantized
+
+            # GPTQ/AWQ: keep the integer weights (optimum-intel's own path needs gptqmodel and patches torch)
+            if detect_prequantized(model_id) is not None:
+                return cls._from_prequantized(model_id, *args, quantization_config=quantization_config, **kwargs)
         return super().from_pretrained(model_id, *args, export=export, quantization_config=quantization_config, **kwargs)
+
+    @classmethod
+    def _from_prequantized(cls, model_id, *args, quantization_config=None, **kwargs):
+        """Export a GPTQ/AWQ checkpoint keeping its integer weights exactly (no gptqmodel), then load that IR."""
+        from tempfile import TemporaryDirectory
+
+        from .prequantized import export_prequantized_ir
+
+        tmp = TemporaryDirectory(prefix="optimum-wc-prequantized-")
+        try:
+            export_prequantized_ir(model_id, Path(tmp.name), task=kwargs.pop("task", None),
+                                   trust_remote_code=kwargs.get("trust_remote_code", False))
+            model = super().from_pretrained(
+                tmp.name, *args, export=False, quantization_config=quantization_config, **kwargs
+            )
+        except BaseException:
+            tmp.cleanup()
+            raise
+        model._optimum_wc_tmpdir = tmp  # the IR folder (model_save_dir) lives as long as the model
+        return model
 
     @property
     def wc_config(self) -> WeightCompressionConfig | None:

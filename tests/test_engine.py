@@ -259,10 +259,25 @@ def test_bitwidth_table_is_logged(llama_ir, read_ir, caplog):
     assert "Bit-width distribution" in text and "int4_asym, group size 32" in text and "int8_asym, per-channel" in text
 
 
-def test_data_aware_options_are_refused_clearly_until_implemented(llama_ir, read_ir):
+def test_unimplemented_algorithms_are_refused_clearly(llama_ir, read_ir):
     model = read_ir(llama_ir)
-    with pytest.raises(NotYetSupportedError, match="awq"):
-        compress_model(model, WeightCompressionConfig(mode="int4_asym", awq=True, dataset=["text"]))
-    with pytest.raises(NotYetSupportedError, match="max_activation_variance"):
-        compress_model(model, WeightCompressionConfig(mode="int4_asym", ratio=0.8, dataset=["text"]))
+    with pytest.raises(NotYetSupportedError, match="gptq"):
+        compress_model(model, WeightCompressionConfig(mode="int4_asym", gptq=True, dataset=["text"]))
+    with pytest.raises(NotYetSupportedError, match="lora_correction"):
+        compress_model(model, WeightCompressionConfig(mode="int4_asym", lora_correction=True, awq=True, dataset=["text"]))
     assert int_constant_counts(model) == Counter()  # nothing was touched
+
+
+def test_strided_scales_make_a_valid_subgraph():
+    """A non-contiguous f16 scale array once became an i16 constant; the subgraph must stay f16."""
+    from optimum_wc.graph import decompression_subgraph
+    from optimum_wc.lowering import CompressedWeight
+
+    rng = np.random.default_rng(0)
+    scale = np.asfortranarray(rng.uniform(0.01, 0.1, size=(8, 4, 1)).astype(np.float32))[:, ::1]
+    strided = np.ascontiguousarray(rng.uniform(0.01, 0.1, size=(4, 8, 1)).astype(np.float32)).transpose(1, 0, 2)
+    for s in (scale, strided):
+        cw = CompressedWeight(rng.integers(-8, 8, size=(8, 4, 16)).astype(np.int8), s, None,
+                              CompressWeightsMode.INT4_SYM, 16, (8, 64))
+        node = decompression_subgraph(cw, "w")
+        assert node.get_output_element_type(0) == ov.Type.f16

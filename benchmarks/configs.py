@@ -1,0 +1,146 @@
+"""The named compression configs of the benchmark and the targets they are judged by.
+
+One :class:`BenchConfig` describes a compression setting once and turns it
+into both engines' arguments, so the two are always given the same thing:
+
+* :meth:`BenchConfig.ours` -> ``optimum_wc.WeightCompressionConfig``;
+* :meth:`BenchConfig.nncf_kwargs` -> keyword arguments of ``nncf.compress_weights``.
+
+Extension point for data-aware configs: add a ``BenchConfig`` with
+``data_aware=("awq", "scale_estimation", ...)`` and/or a data-based
+``sensitivity_metric`` to :data:`DATA_AWARE_CONFIGS`.  The runner then
+tokenises the ``--calib-text`` files once, the worker builds the same
+calibration inputs for both engines (:func:`benchmarks.worker.calibration_inputs`)
+and passes them as ``dataset``; the time target of such a config is
+:data:`TIME_TARGET_DATA_AWARE`.  Data-aware configs are not in the default set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Targets, as ratios ours / NNCF.
+TIME_TARGET_DATA_FREE = 0.25  # compression seconds <= 0.25x NNCF
+TIME_TARGET_DATA_AWARE = 1.0  # placeholder until data-aware methods land
+RSS_TARGET = 1.0  # peak RSS <= 1.0x
+SIZE_TARGET = 1.0  # openvino_model.bin size <= 1.0x
+PPL_TARGET = 1.002  # perplexity <= 1.002x
+SPEED_TARGET = 0.97  # generation tokens/s >= 0.97x
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One compression setting, given identically to both engines."""
+
+    name: str
+    mode: str  # int8_asym | int8_sym | int4_sym | int4_asym
+    group_size: int | None = None  # INT4 only
+    ratio: float = 1.0  # INT4 only
+    all_layers: bool = False  # INT4 only
+    data_aware: tuple[str, ...] = ()  # e.g. ("awq", "scale_estimation"); needs --calib-text
+    sensitivity_metric: str | None = None  # e.g. "max_activation_variance"; needs --calib-text
+    subset_size: int = 128  # calibration samples, for data-aware configs
+
+    @property
+    def is_int8(self) -> bool:
+        return self.mode.startswith("int8")
+
+    @property
+    def needs_data(self) -> bool:
+        return bool(self.data_aware) or self.sensitivity_metric not in (None, "weight_quantization_error")
+
+    @property
+    def time_target(self) -> float:
+        return TIME_TARGET_DATA_AWARE if self.needs_data else TIME_TARGET_DATA_FREE
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``int4_asym, group 128, ratio 0.8``."""
+        parts = [self.mode]
+        if not self.is_int8:
+            parts += [f"group {self.group_size}", f"ratio {self.ratio}"]
+            if self.all_layers:
+                parts.append("all layers")
+        parts += list(self.data_aware)
+        if self.sensitivity_metric:
+            parts.append(self.sensitivity_metric)
+        return ", ".join(parts)
+
+    def ours(self, dataset: Any = None):
+        """The ``optimum_wc.WeightCompressionConfig`` of this setting."""
+        from optimum_wc import WeightCompressionConfig
+
+        kwargs: dict[str, Any] = {"mode": self.mode}
+        if not self.is_int8:
+            kwargs.update(group_size=self.group_size, ratio=self.ratio, all_layers=self.all_layers)
+        for option in self.data_aware:
+            kwargs[option] = True
+        if self.sensitivity_metric:
+            kwargs["sensitivity_metric"] = self.sensitivity_metric
+        if self.needs_data:
+            kwargs["subset_size"] = self.subset_size
+            kwargs["dataset"] = dataset
+        return WeightCompressionConfig(**kwargs)
+
+    def nncf_kwargs(self, dataset: Any = None) -> dict[str, Any]:
+        """Keyword arguments of ``nncf.compress_weights`` for this setting.
+
+        INT8 modes get only ``mode``; INT4 modes also get ``ratio``,
+        ``group_size``, ``all_layers`` and the ADJUST group-size fallback,
+        which is our engine's default.
+        """
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+        kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode(self.mode)}
+        if not self.is_int8:
+            kwargs.update(
+                ratio=self.ratio,
+                group_size=self.group_size,
+                all_layers=self.all_layers,
+                advanced_parameters=AdvancedCompressionParameters(
+                    group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
+                ),
+            )
+        for option in self.data_aware:
+            kwargs[option] = True
+        if self.sensitivity_metric:
+            kwargs["sensitivity_metric"] = nncf.SensitivityMetric(self.sensitivity_metric)
+        if self.needs_data:
+            kwargs["subset_size"] = self.subset_size
+            kwargs["dataset"] = nncf.Dataset(dataset)
+        return kwargs
+
+
+DATA_FREE_CONFIGS: tuple[BenchConfig, ...] = (
+    BenchConfig("int8_asym", "int8_asym"),
+    BenchConfig("int8_sym", "int8_sym"),
+    BenchConfig("int4_asym_g128_r1.0", "int4_asym", group_size=128, ratio=1.0),
+    BenchConfig("int4_asym_g128_r0.8", "int4_asym", group_size=128, ratio=0.8),
+    BenchConfig("int4_sym_g64_r0.8", "int4_sym", group_size=64, ratio=0.8),
+    BenchConfig("int4_sym_g128_r1.0", "int4_sym", group_size=128, ratio=1.0),
+    BenchConfig("int4_asym_g64_r1.0_all_layers", "int4_asym", group_size=64, ratio=1.0, all_layers=True),
+)
+
+# Opt-in only (name them in --configs); they need --calib-text.
+DATA_AWARE_CONFIGS: tuple[BenchConfig, ...] = (
+    BenchConfig("int4_asym_g128_r0.8_awq_se", "int4_asym", group_size=128, ratio=0.8,
+                data_aware=("awq", "scale_estimation"), sensitivity_metric="max_activation_variance"),
+)
+
+CONFIGS: dict[str, BenchConfig] = {c.name: c for c in DATA_FREE_CONFIGS + DATA_AWARE_CONFIGS}
+DEFAULT_CONFIGS: tuple[str, ...] = tuple(c.name for c in DATA_FREE_CONFIGS)
+
+
+def select_configs(names: str | None) -> list[BenchConfig]:
+    """The configs named in a comma-separated list (``None`` or ``all``: the default set)."""
+    if not names or names.strip() == "all":
+        return [CONFIGS[n] for n in DEFAULT_CONFIGS]
+    chosen = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown config {name!r}; known configs: {', '.join(CONFIGS)}")
+        chosen.append(CONFIGS[name])
+    return chosen

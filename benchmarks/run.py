@@ -1,0 +1,350 @@
+"""Benchmark our engine against NNCF on the same float IR, same configs, in one run.
+
+    python -m benchmarks.run [--smoke] [--model DIR] [--eval-text F] [--calib-text F ...]
+                             [--configs NAMES] [--out BENCHMARKS.md]
+
+Steps: prepare the model and its float IR (cached under ``benchmarks/work``);
+tokenise the evaluation text once; evaluate the float IR (its argmax is the
+reference of top-1 agreement); then for each config and engine (NNCF, ours)
+compress in a subprocess and evaluate the result in another; time the
+generation speed of both compressed IRs in one subprocess, taking turns;
+compare the two compressed IRs constant by constant; write the markdown report.
+
+Extension point: data-aware configs are declared in :mod:`benchmarks.configs`;
+nothing here needs to change for them beyond ``--calib-text``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import models
+from .configs import CONFIGS, BenchConfig, select_configs
+from .parity import compare_irs
+from .report import Row, render
+from .worker import CALIB_SEQ_LEN
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WORK_DIR = ROOT / "benchmarks" / "work"
+ENGINES = ("nncf", "ours")
+AUSTEN_DIRS = (ROOT.parent / "shared" / "data" / "austen", Path("/work/shared/data/austen"))
+EVAL_FILE = "prideprejudice.txt"
+
+logger = logging.getLogger("benchmarks")
+_START = time.perf_counter()
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, with the seconds since start."""
+    print(f"[{time.perf_counter() - _START:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# -- inputs --------------------------------------------------------------------
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (reports stay machine-neutral)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def default_eval_text() -> Path | None:
+    """The shared evaluation text (Austen's Pride and Prejudice), or None when it is not there."""
+    for folder in AUSTEN_DIRS:
+        if (folder / EVAL_FILE).is_file():
+            return folder / EVAL_FILE
+    return None
+
+
+def default_calib_texts(eval_text: Path) -> list[Path]:
+    """The other Austen novels beside the evaluation text (never the evaluation text itself)."""
+    return sorted(p for p in eval_text.parent.glob("*.txt") if p.resolve() != eval_text.resolve())
+
+
+def tokenize_prefix(tokenizer, text: str, n_tokens: int) -> np.ndarray:
+    """The first ``n_tokens`` token ids of ``text`` (no special tokens), tokenising only a prefix."""
+    chars = max(4096, n_tokens * 8)
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        if len(ids) > n_tokens + 64 or chars >= len(text):
+            return np.asarray(ids[:n_tokens], dtype=np.int64)
+        chars *= 2
+
+
+def write_tokens(float_ir: Path, run_dir: Path, eval_text: Path, n_tokens: int,
+                 calib_texts: Sequence[Path], n_calib_tokens: int) -> tuple[Path, Path | None]:
+    """Tokenise once, for every row: evaluation ids (and calibration ids if needed) as .npy files."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(float_ir)
+    tokens = tokenize_prefix(tokenizer, eval_text.read_text(encoding="utf-8"), n_tokens)
+    if len(tokens) < n_tokens:
+        logger.warning("%s gives only %d tokens (asked for %d).", eval_text, len(tokens), n_tokens)
+    eval_file = run_dir / "eval_tokens.npy"
+    np.save(eval_file, tokens)
+    if not calib_texts:
+        return eval_file, None
+    per_file = -(-n_calib_tokens // len(calib_texts))
+    calib = np.concatenate([tokenize_prefix(tokenizer, p.read_text(encoding="utf-8"), per_file) for p in calib_texts])
+    calib_file = run_dir / "calib_tokens.npy"
+    np.save(calib_file, calib[:n_calib_tokens])
+    return eval_file, calib_file
+
+
+# -- subprocesses ------------------------------------------------------------
+
+
+def run_worker(args: list[str], result: Path, log: Path) -> dict[str, Any]:
+    """Run ``python -m benchmarks.worker ARGS`` (output to ``log``) and return its JSON result."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.worker", *args, "--result", str(result)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    if result.is_file():
+        data = json.loads(result.read_text())
+        if proc.returncode == 0 or "error" in data:
+            return data
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"worker exited with status {proc.returncode}: {tail[0]} (log: {log})"}
+
+
+def compress_runs(engine: str, config: BenchConfig, float_ir: Path, out: Path, run_dir: Path,
+                  calib_file: Path | None, repeats: int) -> dict[str, Any]:
+    """Compress ``repeats`` times (each in a fresh process); median seconds and RSS."""
+    results = []
+    for i in range(repeats):
+        args = ["compress", "--engine", engine, "--config", config.name, "--float-ir", str(float_ir), "--out", str(out)]
+        if calib_file is not None:
+            args += ["--calib-tokens", str(calib_file)]
+        stem = f"{config.name}.{engine}.compress{i}"
+        result = run_worker(args, run_dir / f"{stem}.json", run_dir / "logs" / f"{stem}.log")
+        if "error" in result:
+            return result
+        results.append(result)
+    merged = dict(results[-1])
+    merged["compress_s"] = statistics.median(r["compress_s"] for r in results)
+    merged["peak_rss_bytes"] = int(statistics.median(r["peak_rss_bytes"] for r in results))
+    merged["runs"] = results
+    return merged
+
+
+def evaluate_ir(ir: Path, stem: str, run_dir: Path, eval_file: Path, args: argparse.Namespace,
+                reference: Path | None = None, save_argmax: Path | None = None) -> dict[str, Any]:
+    """Perplexity and top-1 agreement of one IR, in a subprocess."""
+    cmd = ["evaluate", "--ir", str(ir), "--tokens", str(eval_file), "--window", str(args.window)]
+    if reference is not None:
+        cmd += ["--reference-argmax", str(reference)]
+    if save_argmax is not None:
+        cmd += ["--save-argmax", str(save_argmax)]
+    return run_worker(cmd, run_dir / f"{stem}.eval.json", run_dir / "logs" / f"{stem}.eval.log")
+
+
+def measure_speed(irs: dict[str, Path], stem: str, run_dir: Path, eval_file: Path,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Generation speed of the IRs (label -> folder), timed in alternation in one subprocess."""
+    cmd = ["speed", "--tokens", str(eval_file), "--prompt-tokens", str(args.prompt_tokens),
+           "--new-tokens", str(args.new_tokens), "--repeats", str(args.speed_repeats)]
+    for label, ir in irs.items():
+        cmd += ["--ir", str(ir), "--label", label]
+    return run_worker(cmd, run_dir / f"{stem}.speed.json", run_dir / "logs" / f"{stem}.speed.log")
+
+
+def make_row(config: str, engine: str, compressed: dict[str, Any], evaluated: dict[str, Any],
+             speed: dict[str, Any]) -> Row:
+    """A table row from the worker results (the first error found, if any, marks the row)."""
+    error = compressed.get("error") or evaluated.get("error") or speed.get("error")
+    return Row(
+        config=config,
+        engine=engine,
+        compress_s=compressed.get("compress_s"),
+        peak_rss_bytes=compressed.get("peak_rss_bytes"),
+        size_bytes=evaluated.get("size_bytes", compressed.get("size_bytes")),
+        perplexity=evaluated.get("perplexity"),
+        top1_agreement=evaluated.get("top1_agreement", 1.0 if engine == "float" else None),
+        tokens_per_s=speed.get("models", {}).get(engine, {}).get("tokens_per_s"),
+        error=error,
+    )
+
+
+# -- the run -------------------------------------------------------------------
+
+
+def bench_float(float_ir: Path, run_dir: Path, eval_file: Path, reference: Path,
+                args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
+    """The reference row: the float IR evaluated (saving its argmax) and timed alone."""
+    evaluated = evaluate_ir(float_ir, "float", run_dir, eval_file, args, save_argmax=reference)
+    if "error" in evaluated:
+        raise SystemExit(f"evaluating the float IR failed: {evaluated['error']}")
+    speed = measure_speed({"float": float_ir}, "float", run_dir, eval_file, args)
+    row = make_row("float", "float", {}, evaluated, speed)
+    say(f"float: ppl {row.perplexity:.3f}, {row.tokens_per_s or 0:.1f} tok/s")
+    return row, {"evaluate": evaluated, "speed": speed}
+
+
+def bench_config(config: BenchConfig, float_ir: Path, run_dir: Path, eval_file: Path, calib_file: Path | None,
+                 reference: Path, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """Both engines on one config: compress and evaluate each, time both together, compare their constants."""
+    raw: dict[str, Any] = {}
+    irs: dict[str, Path] = {}
+    for engine in ENGINES:
+        out = run_dir / "irs" / config.name / engine
+        compressed = compress_runs(engine, config, float_ir, out, run_dir, calib_file, args.repeats)
+        evaluated = {} if "error" in compressed else evaluate_ir(out, f"{config.name}.{engine}", run_dir, eval_file,
+                                                                  args, reference)
+        raw[engine] = {"compress": compressed, "evaluate": evaluated}
+        if "error" not in compressed and "error" not in evaluated:
+            irs[engine] = out
+    speed = measure_speed(irs, config.name, run_dir, eval_file, args) if irs else {}
+    raw["speed"] = speed
+    rows = [make_row(config.name, e, raw[e]["compress"], raw[e]["evaluate"], speed) for e in ENGINES]
+    for row in rows:
+        say(f"{config.name} / {row.engine}: " + (f"ERROR {row.error}" if row.error else
+            f"{row.compress_s:.3g} s, {row.peak_rss_bytes / 2**20:.0f} MiB RSS, ppl {row.perplexity:.3f}, "
+            f"{row.tokens_per_s:.1f} tok/s"))
+    if len(irs) == 2:
+        parity = compare_irs(irs["nncf"] / models.IR_XML, irs["ours"] / models.IR_XML)
+        raw["parity"] = parity.to_dict()
+        rows[ENGINES.index("ours")].parity = parity.summary()
+        say(f"{config.name}: identical to NNCF {parity.summary()}")
+    if not args.keep_irs:
+        shutil.rmtree(run_dir / "irs" / config.name, ignore_errors=True)
+    return rows, raw
+
+
+def settings_text(args: argparse.Namespace, eval_text: Path, n_tokens: int, props: dict[str, str]) -> dict[str, str]:
+    """The measurement settings, for the report's header."""
+    return {
+        "Perplexity and top-1 agreement": (
+            f"first {n_tokens} tokens of `{eval_text.name}` (no BOS), {n_tokens // args.window} non-overlapping "
+            f"windows of {args.window}, fresh state per window, OpenVINO CPU with f32 activations and KV cache; "
+            "agreement = share of positions whose argmax equals the float model's"
+        ),
+        "Generation speed": (
+            f"greedy, {args.new_tokens} new tokens after a {args.prompt_tokens}-token prompt (prefill included), "
+            f"median of {args.speed_repeats} runs; the NNCF and ours IRs of a config are timed in one process, "
+            f"taking turns; OpenVINO CPU defaults (inference precision "
+            f"{props.get('INFERENCE_PRECISION_HINT', '?')}, KV cache {props.get('KV_CACHE_PRECISION', '?')}, "
+            f"{props.get('INFERENCE_NUM_THREADS', '?')} threads)"
+        ),
+        "Compression runs per row": f"{args.repeats} (median time and RSS), each in a fresh process",
+    }
+
+
+def notes_text(args: argparse.Namespace) -> list[str]:
+    """Caveats printed under the tables."""
+    notes = [
+        "Speed and time figures come from a shared 2-core machine and vary by several percent between runs; "
+        "a speed or time miss close to its target may be noise (use --repeats and --speed-repeats to tighten).",
+        "Where every layer is identical to NNCF's (last column, scales included), both rows run the same "
+        "weights: any perplexity or speed difference between them is measurement noise.",
+    ]
+    if args.smoke:
+        notes.insert(0, "Smoke run: a tiny random Llama (hidden 64, 2 layers); its figures only show the "
+                        "benchmark works, they say nothing about either engine.")
+    elif args.model is None:
+        notes.insert(0, "SmolLM2-135M-Instruct's weights come from a GGUF Q4_1 file (4-bit asymmetric, blocks of 32), "
+                        "so INT4_ASYM with group size 32 would be nearly lossless on it; the configs here use group "
+                        "sizes 64/128 and INT4_SYM, where the grid does not line up.")
+        notes.insert(1, "SmolLM2's hidden size 576 is not a multiple of 128: with the ADJUST group-size fallback "
+                        "(both engines) the layers that read the hidden state (q/k/v/o, gate, up) use group size 64 "
+                        "in the g128 configs; only down_proj (1536 inputs) keeps 128.")
+    return notes
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a tiny random Llama: the whole run takes about a minute")
+    p.add_argument("--model", type=Path, help="a Transformers checkpoint folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--eval-text", type=Path, help=f"evaluation text (default: shared Austen {EVAL_FILE})")
+    p.add_argument("--calib-text", type=Path, nargs="+",
+                   help="calibration texts for data-aware configs (default: the other Austen novels)")
+    p.add_argument("--configs", help=f"comma-separated config names, or 'all' (known: {', '.join(CONFIGS)})")
+    p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report (default: BENCHMARKS.md)")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache and run folder (default: benchmarks/work)")
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--speed-repeats", type=int, default=3, help="timed generations per IR, the IRs of a config taking turns (median)")
+    p.add_argument("--repeats", type=int, default=1, help="compressions per config and engine (median)")
+    p.add_argument("--keep-irs", action="store_true", help="keep the compressed IRs in the run folder")
+    args = p.parse_args(argv)
+    if args.smoke and args.model is not None:
+        p.error("--smoke and --model exclude each other")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configs = select_configs(args.configs)
+    eval_text = args.eval_text or default_eval_text()
+    if eval_text is None or not Path(eval_text).is_file():
+        raise SystemExit(f"evaluation text {eval_text or EVAL_FILE!r} not found; pass --eval-text FILE")
+    eval_text = Path(eval_text)
+    calib_texts = []
+    if any(c.needs_data for c in configs):
+        calib_texts = list(args.calib_text or default_calib_texts(eval_text))
+        if not calib_texts:
+            raise SystemExit("the data-aware configs need calibration text; pass --calib-text FILE ...")
+
+    load_at_start = os.getloadavg()[0]
+    work_dir = args.work_dir.resolve()
+    name, checkpoint, float_ir = models.prepare_model(work_dir, args.smoke, args.model, eval_text)
+    say(f"model {name}: float IR {float_ir}")
+    run_dir = work_dir / name / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "logs").mkdir(parents=True)
+    n_calib = max((c.subset_size for c in configs if c.needs_data), default=0) * CALIB_SEQ_LEN
+    eval_file, calib_file = write_tokens(float_ir, run_dir, eval_text, args.eval_tokens, calib_texts, n_calib)
+    n_tokens = len(np.load(eval_file))
+
+    reference = run_dir / "float_argmax.npy"
+    float_row, float_raw = bench_float(float_ir, run_dir, eval_file, reference, args)
+    rows = [float_row]
+    raw: dict[str, Any] = {"float": float_raw}
+    for config in configs:
+        config_rows, raw[config.name] = bench_config(config, float_ir, run_dir, eval_file, calib_file, reference, args)
+        rows += config_rows
+
+    model_text = f"{name} (float IR {(float_ir / models.IR_BIN).stat().st_size / 2**20:.1f} MiB, from `{shown_path(checkpoint)}`)"
+    markdown = render(
+        command=shlex.join(["python", "-m", "benchmarks.run", *argv]),
+        model=model_text,
+        configs=configs,
+        rows=rows,
+        settings={
+            **settings_text(args, eval_text, n_tokens, float_raw["speed"].get("properties", {})),
+            "Machine load": f"1-minute load average {load_at_start:.1f} at the start of the run, "
+                            f"{os.getloadavg()[0]:.1f} at the end (above the core count, other processes "
+                            "competed for the CPU and speed/time figures are less reliable)",
+        },
+        notes=notes_text(args),
+    )
+    args.out.write_text(markdown)
+    (run_dir / "results.json").write_text(json.dumps(raw, indent=2, default=str))
+    say(f"wrote {args.out} (raw results: {run_dir / 'results.json'})")
+    return 1 if any(r.error for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Command-line options shared by ``optimum-wc`` and ``optimum-cli export openvino-wc``.
+
+The weight-compression flags mirror ``optimum-cli export openvino`` so that a
+command line switches from NNCF to our engine by changing one word
+(``openvino`` -> ``openvino-wc``).  Nothing heavy is imported here: building
+the parser and validating the config (:func:`config_from_args`) must stay
+fast, so ``--help`` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import BackupMode, CompressWeightsMode, GroupSizeFallback, SensitivityMetric, WeightCompressionConfig
+from ..errors import ExportError, OptimumWCError
+
+WEIGHT_FORMATS = ("fp32", "int8", "int4")
+TEXT_GENERATION_TASKS = ("text-generation-with-past", "text-generation")
+
+
+class UsageError(OptimumWCError):
+    """Flags that contradict each other or name something impossible (exit code 2)."""
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` / ``--quiet`` (accepted after the subcommand)."""
+    group = parser.add_argument_group("Output")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show progress messages and, on failure, the full traceback")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="print only the final summary and errors (no progress bars)")
+
+
+def add_compression_options(parser: argparse.ArgumentParser) -> None:
+    """The weight-compression flags of ``optimum-cli export openvino``, plus ``--mode`` and ``--ignored-scope``."""
+    g = parser.add_argument_group("Weight compression (the flags of `optimum-cli export openvino`)")
+    g.add_argument("--weight-format", choices=WEIGHT_FORMATS, default=None,
+                   help="int8 or int4 weights (default int8, as optimum-cli for models over 1B parameters); "
+                        "fp32 keeps the weights float")
+    g.add_argument("--mode", choices=[m.value for m in CompressWeightsMode], default=None, type=str.lower,
+                   help="the exact mode, instead of --weight-format and --sym")
+    g.add_argument("--sym", action="store_true", default=None,
+                   help="symmetric quantization of the primary precision (default asymmetric)")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="INT4 group size (default 128); -1 for one scale per output channel")
+    g.add_argument("--group-size-fallback", choices=[f.value for f in GroupSizeFallback], default=None,
+                   help="layers the group size does not divide: adjust (default: the largest power-of-two divisor "
+                        ">= 32, else backup precision), ignore (backup precision) or error")
+    g.add_argument("--ratio", type=float, default=None,
+                   help="share of the weights in 4 bits, the rest in --backup-precision (default 1.0)")
+    g.add_argument("--backup-precision", choices=[b.value for b in BackupMode], default=None,
+                   help="precision of the weights that are not 4-bit (default int8_asym; none keeps them float)")
+    g.add_argument("--all-layers", action="store_true", default=None,
+                   help="also put the embeddings and the last MatMul (lm_head) in 4 bits")
+    g.add_argument("--sensitivity-metric", choices=[m.value for m in SensitivityMetric], default=None, type=str.lower,
+                   help="how layers are ranked for --ratio < 1 (default weight_quantization_error; the others need --dataset)")
+    g.add_argument("--dataset", default=None,
+                   help="calibration data for the data-aware options: a local text file or folder of .txt files, "
+                        "'auto' (text the model generates itself), or a dataset name such as wikitext2")
+    g.add_argument("--num-samples", type=int, default=None, help="number of calibration samples (default 128)")
+    g.add_argument("--awq", action="store_true", default=None, help="activation-aware weight quantization (needs --dataset)")
+    g.add_argument("--scale-estimation", action="store_true", default=None, help="scale estimation (needs --dataset)")
+    g.add_argument("--gptq", action="store_true", default=None, help="GPTQ (needs --dataset)")
+    g.add_argument("--lora-correction", action="store_true", default=None, help="LoRA correction (needs --dataset)")
+    g.add_argument("--ignored-scope", action="append", default=None, metavar="SPEC",
+                   help="keep layers out of compression (repeatable): NAME, name:NAME, pattern:REGEX, type:MatMul|Gather, "
+                        "or a JSON object {\"names\": [...], \"patterns\": [...], \"types\": [...]}")
+
+
+def add_export_options(parser: argparse.ArgumentParser, *, optimum_cli: bool = False) -> None:
+    """Model, output folder, task and compression flags of an export.
+
+    ``optimum_cli=True``: exactly optimum-cli's form (``-m/--model`` required,
+    output positional); otherwise ``MODEL OUT`` positionally, or ``-m MODEL OUT``.
+    """
+    g = parser.add_argument_group("Model")
+    if optimum_cli:
+        g.add_argument("-m", "--model", required=True, help="a Transformers checkpoint folder (or a model id of the hub)")
+    else:
+        g.add_argument("model_pos", nargs="?", metavar="MODEL", help="a Transformers checkpoint folder (or a model id of the hub)")
+        g.add_argument("-m", "--model", default=None, help="the model, as in optimum-cli (instead of MODEL)")
+    g.add_argument("output", type=Path, metavar="OUTPUT" if optimum_cli else "OUT",
+                   help="output folder (replaced only once the new model is complete)")
+    g.add_argument("--task", default="auto",
+                   help="text-generation-with-past (default: inferred, also for a local folder) or text-generation")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's custom modelling code")
+    add_compression_options(parser)
+    add_output_options(parser)
+
+
+def export_model_arg(args: argparse.Namespace) -> str:
+    """The model given positionally or with ``-m``/``--model`` (exactly one of them)."""
+    positional = getattr(args, "model_pos", None)
+    flag = getattr(args, "model", None)
+    if positional and flag:
+        raise UsageError(f"the model is given twice ({positional!r} and --model {flag!r}); give it once.")
+    if not (positional or flag):
+        raise UsageError("no model given; pass MODEL OUT (a Transformers checkpoint folder and an output folder).")
+    return positional or flag
+
+
+def parse_ignored_scope(specs: list[str] | None) -> dict[str, list[str]] | None:
+    """``--ignored-scope`` values -> ``{"names": [...], "patterns": [...], "types": [...]}``."""
+    if not specs:
+        return None
+    scope: dict[str, list[str]] = {"names": [], "patterns": [], "types": []}
+    for spec in specs:
+        spec = spec.strip()
+        if spec.startswith("{"):
+            try:
+                value = json.loads(spec)
+            except ValueError as exc:
+                raise UsageError(f"--ignored-scope {spec!r} is not valid JSON: {exc}.") from exc
+            if not isinstance(value, dict):
+                raise UsageError(f"--ignored-scope {spec!r} must be a JSON object with 'names', 'patterns' or 'types'.")
+            unknown = sorted(set(value) - set(scope))
+            if unknown:
+                raise UsageError(f"--ignored-scope has unknown keys {unknown}; use 'names', 'patterns' and 'types'.")
+            for key, items in value.items():
+                scope[key].extend([items] if isinstance(items, str) else list(items))
+            continue
+        kind, sep, rest = spec.partition(":")
+        key = {"name": "names", "pattern": "patterns", "type": "types"}.get(kind.lower()) if sep else None
+        if key is None:
+            scope["names"].append(spec)
+        elif not rest:
+            raise UsageError(f"--ignored-scope {spec!r} is empty after '{kind}:'; e.g. pattern:.*mlp.*")
+        else:
+            scope[key].append(rest)
+    return scope
+
+
+_COMPRESSION_FLAGS = {
+    "sym": "--sym", "group_size": "--group-size", "group_size_fallback": "--group-size-fallback", "ratio": "--ratio",
+    "backup_precision": "--backup-precision", "all_layers": "--all-layers", "sensitivity_metric": "--sensitivity-metric",
+    "dataset": "--dataset", "num_samples": "--num-samples", "awq": "--awq", "scale_estimation": "--scale-estimation",
+    "gptq": "--gptq", "lora_correction": "--lora-correction", "ignored_scope": "--ignored-scope",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None:
+    """The validated config of the flags (None for ``--weight-format fp32``).
+
+    Raises :class:`UsageError` for contradicting flags and
+    :class:`~optimum_wc.ConfigError` for values the config rejects (both exit 2).
+    """
+    given = [flag for name, flag in _COMPRESSION_FLAGS.items() if getattr(args, name, None) is not None]
+    fmt, mode = args.weight_format, args.mode
+    if fmt == "fp32":
+        if mode is not None or given:
+            extra = ", ".join(([f"--mode {mode}"] if mode else []) + given)
+            raise UsageError(f"--weight-format fp32 keeps the weights float, so {extra} cannot apply; drop them or choose int8/int4.")
+        return None
+    if mode is not None:
+        if fmt is not None and not mode.startswith(fmt):
+            raise UsageError(f"--mode {mode} contradicts --weight-format {fmt}; give only one of them.")
+        if args.sym and mode.endswith("_asym"):
+            raise UsageError(f"--sym contradicts --mode {mode}; use --mode {mode.replace('_asym', '_sym')}.")
+    else:
+        mode = f"{fmt or 'int8'}_{'sym' if args.sym else 'asym'}"
+    kwargs: dict[str, Any] = {"mode": mode}
+    for name, key in (("group_size", "group_size"), ("ratio", "ratio"), ("backup_precision", "backup_mode"),
+                      ("all_layers", "all_layers"), ("sensitivity_metric", "sensitivity_metric"),
+                      ("group_size_fallback", "group_size_fallback"), ("awq", "awq"),
+                      ("scale_estimation", "scale_estimation"), ("gptq", "gptq"), ("lora_correction", "lora_correction"),
+                      ("num_samples", "subset_size"), ("dataset", "dataset")):
+        value = getattr(args, name, None)
+        if value is not None:
+            kwargs[key] = value
+    dataset = kwargs.get("dataset")
+    if isinstance(dataset, str) and _looks_like_path(dataset) and not Path(dataset).exists():
+        raise OptimumWCError(f"--dataset {dataset}: no such file or folder; pass a text file, a folder of .txt files, "
+                             "'auto' (text the model generates) or a dataset name.")
+    scope = parse_ignored_scope(getattr(args, "ignored_scope", None))
+    if scope is not None:
+        kwargs["ignored_scope"] = scope
+    return WeightCompressionConfig(**kwargs)
+
+
+def _looks_like_path(value: str) -> bool:
+    """A local path rather than a dataset name such as ``wikitext2`` or ``allenai/c4``."""
+    return value.startswith(("/", "~", ".")) or value.lower().endswith((".txt", ".json", ".jsonl", ".csv", ".parquet"))
+
+
+def resolve_task(task: str | None, model: str) -> str:
+    """The export task: ``auto`` is inferred (for a local folder too, unlike optimum-cli).
+
+    optimum-wc exports causal language models, so a checkpoint whose
+    config names a causal-LM architecture gets ``text-generation-with-past``
+    (anything else is refused with its model type by the export itself).
+    """
+    if task in (None, "", "auto"):
+        return "text-generation-with-past"
+    if task not in TEXT_GENERATION_TASKS:
+        raise UsageError(
+            f"--task {task} is not supported: optimum-wc exports text-generation models; "
+            "use --task text-generation-with-past (the default, inferred) or text-generation."
+        )
+    return task
+
+
+def check_output_dir(output: Path) -> None:
+    """Refuse an output path that cannot be a folder (an existing file, or a path under a file), before any work."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"the output {output} exists and is not a folder; choose another output folder.")
+    for parent in output.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"cannot write the output folder {output}: {parent} is a file, not a folder; "
+                                     "choose a writable location.")
+            break
+

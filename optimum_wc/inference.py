@@ -1,0 +1,57 @@
+"""Running an exported stateful causal-LM IR: full-sequence passes and sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class StatefulRunner:
+    """Compile an optimum-intel causal LM IR once and feed it token ids (fresh KV state per call)."""
+
+    def __init__(self, ov_model: Any, precision: str = "f32"):
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        self.request = self.compiled.create_infer_request()
+        self.input_names = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    def _feed(self, ids: np.ndarray, past: int) -> dict[str, np.ndarray]:
+        batch, n = ids.shape
+        feed = {"input_ids": ids, "attention_mask": np.ones((batch, past + n), dtype=np.int64)}
+        if "position_ids" in self.input_names:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + n, dtype=np.int64), (batch, n)).copy()
+        if "beam_idx" in self.input_names:
+            feed["beam_idx"] = np.arange(batch, dtype=np.int32)
+        return feed
+
+    def run(self, ids: np.ndarray) -> Any:
+        """One pass over ``ids`` [batch, tokens] from an empty cache; returns the request's results."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[None]
+        self.request.reset_state()
+        return self.request.infer(self._feed(ids, 0))
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.run(ids)["logits"].copy()
+
+    def sample(self, start: np.ndarray, new_tokens: int, rng: np.random.Generator, top_k: int = 20) -> list[np.ndarray]:
+        """Continue each row of ``start`` by ``new_tokens`` tokens sampled from the top ``top_k``."""
+        self.request.reset_state()
+        tokens = np.asarray(start, dtype=np.int64)
+        out = [tokens]
+        step, past = tokens, 0
+        for _ in range(new_tokens):
+            logits = self.request.infer(self._feed(step, past))["logits"][:, -1, :].astype(np.float64)
+            past += step.shape[1]
+            top = np.argpartition(-logits, top_k, axis=1)[:, :top_k]
+            top_logits = np.take_along_axis(logits, top, axis=1)
+            probs = np.exp(top_logits - top_logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            choice = np.array([rng.choice(top_k, p=p) for p in probs])
+            step = top[np.arange(top.shape[0]), choice][:, None]
+            out.append(step)
+        full = np.concatenate(out, axis=1)
+        return [row.copy() for row in full]

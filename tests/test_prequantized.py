@@ -1,0 +1,394 @@
+"""Pre-quantized GPTQ / AWQ checkpoints: the IR keeps the checkpoint's integers exactly (issue #6).
+
+Checkpoints are written by ``tests/gptq_writer.py`` from planted integer codes;
+no GPTQ/AWQ library is involved.  Most layouts are checked by applying the
+packed weights to the shared float IR of the same tiny Llama (what the
+exporter path does after its float export); a few tests run the whole export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from gptq_writer import (
+    build_llama_with_bias,
+    edit_config,
+    edit_tensors,
+    pack_awq,
+    pack_gptq_columns,
+    pack_gptq_rows,
+    reference_logits,
+    write_checkpoint,
+)
+from optimum_wc import ExportError, WeightCompressionConfig
+from optimum_wc.config import CompressWeightsMode
+from optimum_wc.prequantized import (
+    PrequantizedCheckpoint,
+    PrequantizedFormat,
+    apply_prequantized,
+    convert_gptq_layer,
+    detect_prequantized,
+    read_prequantized_info,
+    unpack_along_columns,
+    unpack_along_rows,
+    unpack_awq,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+IDS = np.random.default_rng(0).integers(3, 500, size=(2, 16)).astype(np.int64)
+OV_TYPES = {ov.Type.u4: "u4", ov.Type.i4: "i4", ov.Type.u8: "u8", ov.Type.i8: "i8"}
+GPTQ_LIBS = ("auto_gptq", "gptqmodel", "awq", "optimum.gptq", "exllama", "exllamav2", "exllama_kernels", "marlin")
+CUDA_LIBS = ("cuda", "pynvml")  # `import torch` itself tries these (guarded): blocked, never loaded
+
+
+def run_logits(model, input_ids: np.ndarray = IDS) -> np.ndarray:
+    """conftest.run_logits, with the CPU plugin's dynamic activation quantization off.
+
+    With it on (the default for int4/int8 fully connected layers, even under an
+    f32 precision hint), activations are quantized to 8 bits at run time.
+    """
+    hints = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+    compiled = ov.Core().compile_model(model, "CPU", hints)
+    request = compiled.create_infer_request()
+    n = input_ids.shape[1]
+    feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
+            "position_ids": np.arange(n, dtype=np.int64)[None].repeat(input_ids.shape[0], 0),
+            "beam_idx": np.arange(input_ids.shape[0], dtype=np.int32)}
+    request.reset_state()
+    return request.infer(feed)["logits"].copy()
+
+
+def constant_values(const) -> np.ndarray:
+    """Unpacked integer values of a u4/i4/u8/i8 Constant, in its shape."""
+    data = np.asarray(const.get_data())
+    et, shape = const.get_element_type(), tuple(const.shape)
+    if et in (ov.Type.u4, ov.Type.i4):
+        flat = np.stack([data & 0x0F, data >> 4], axis=1).reshape(-1)[: int(np.prod(shape))].astype(np.int64)
+        if et == ov.Type.i4:
+            flat = np.where(flat > 7, flat - 16, flat)
+        return flat.reshape(shape)
+    return data.reshape(shape).astype(np.int64)
+
+
+def check_ir_matches_planted(model, planted, bits: int, sym: bool) -> None:
+    """Codes, f16 scales and zero points in the IR are the planted ones; dequantized weights equal bit for bit."""
+    consts = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Constant"}
+    gathers = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Gather"}
+    for prefix, p in planted.items():
+        name = f"self.{prefix}.weight"
+        if name not in consts:  # float16 export: optimum-intel's patched name
+            name = f"self.{prefix}._openvino_orig_weight"
+        const = consts[name]
+        n_out, n_in = p.codes.shape
+        n_groups = p.scales.shape[0]
+        expected_type = ("i" if sym else "u") + str(bits)
+        assert OV_TYPES[const.get_element_type()] == expected_type, (prefix, const.get_element_type())
+        natural = np.array_equal(p.g_idx, np.arange(n_in) // (n_in // n_groups))
+        perm = np.arange(n_in) if natural else np.argsort(p.g_idx, kind="stable")
+        assert (f"{name}/input_gather" in gathers) == (not natural)
+        if not natural:
+            indices = consts[f"{name}/input_gather/indices"].get_data()
+            assert np.array_equal(indices, perm)
+        codes = constant_values(const).reshape(n_out, n_in)
+        scale = consts[f"{name}/scale"].get_data()
+        assert scale.dtype == np.float16
+        assert np.array_equal(scale.reshape(n_out, n_groups), p.scales.T)  # same f16 bits
+        if sym:
+            assert f"{name}/zero_point" not in consts
+            assert np.array_equal(codes + 2 ** (bits - 1), p.codes[:, perm])
+            zp = np.full((n_out, n_groups), 2 ** (bits - 1))
+            codes = codes + 2 ** (bits - 1)
+        else:
+            zp = constant_values(consts[f"{name}/zero_point"]).reshape(n_out, n_groups)
+            assert np.array_equal(codes, p.codes[:, perm])
+            assert np.array_equal(zp, p.zeros.T)
+        # the IR's decompression (f16 Subtract then Multiply) against the checkpoint's own dequantization, bit for bit
+        levels = (codes.reshape(n_out, n_groups, -1) - zp[:, :, None]).astype(np.float16)
+        grouped = levels * scale.reshape(n_out, n_groups, 1)
+        ir_weight = np.empty((n_out, n_in), dtype=np.float16)
+        ir_weight[:, perm] = grouped.reshape(n_out, n_in)
+        assert np.array_equal(ir_weight.view(np.uint16), p.dequantized_f16().view(np.uint16))
+
+
+def assert_logits_close(out: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) -> None:
+    err = np.abs(out - ref).max() / np.abs(ref).max()
+    assert err < rtol, err
+
+
+# --------------------------------------------------------------------------- pure NumPy layouts
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_unpackers_invert_the_reference_packers(bits):
+    rng = np.random.default_rng(bits)
+    values = rng.integers(0, 2**bits, size=(64, 48))
+    assert np.array_equal(unpack_along_rows(pack_gptq_rows(values, bits), bits), values)
+    assert np.array_equal(unpack_along_columns(pack_gptq_columns(values, bits), bits), values)
+    if bits == 4:
+        assert np.array_equal(unpack_awq(pack_awq(values)), values)
+        # AWQ's order is not the natural one
+        assert not np.array_equal(unpack_along_columns(pack_awq(values), 4), values)
+
+
+def test_known_words():
+    # GPTQ qweight: input channel k of a column sits at bits [4k, 4k + 4), low bits first
+    word = np.array([[0x76543210]], dtype=np.uint32).view(np.int32)
+    assert unpack_along_rows(word, 4)[:, 0].tolist() == list(range(8))
+    # AWQ: nibble k holds output channel [0, 2, 4, 6, 1, 3, 5, 7][k]
+    word = np.array([[0x75316420]], dtype=np.uint32).view(np.int32)
+    assert unpack_awq(word)[0].tolist() == list(range(8))
+
+
+def _fmt(**kw) -> PrequantizedFormat:
+    base = dict(method="gptq", bits=4, group_size=4, sym=False, desc_act=False, checkpoint_format="gptq", source="test")
+    return PrequantizedFormat(**{**base, **kw})
+
+
+def test_v1_zero_point_of_sixteen_is_kept_exactly_with_8_bit_codes():
+    """A v1 stored nibble 15 means zero point 16 (AutoGPTQ's kernels add 1 after unpacking): no u4 holds it."""
+    codes = np.arange(64).reshape(8, 8) % 16  # [out=8, in=8]
+    stored = np.array([[15, 3, 0, 1, 2, 3, 4, 5]])  # one group (group_size 8)
+    lw = convert_gptq_layer("l", _fmt(group_size=8), pack_gptq_rows(codes.T, 4), pack_gptq_columns(stored, 4),
+                            np.ones((1, 8), np.float16), None, 8, 8)
+    cw = lw.compressed
+    assert cw.mode is CompressWeightsMode.INT8_ASYM and "zero point 16" in lw.note
+    assert cw.zero_point.reshape(-1).tolist() == (stored[0] + 1).tolist()
+    assert np.array_equal(lw.dequantized(), codes - (stored + 1).T)
+
+
+def test_sym_checkpoint_with_other_zero_points_keeps_them():
+    codes = np.arange(64).reshape(8, 8) % 16
+    zeros = np.array([[8, 5, 8, 8, 8, 8, 8, 8]])
+    lw = convert_gptq_layer("l", _fmt(group_size=8, sym=True, checkpoint_format="gptq_v2"),
+                            pack_gptq_rows(codes.T, 4), pack_gptq_columns(zeros, 4),
+                            np.ones((1, 8), np.float16), None, 8, 8)
+    assert lw.compressed.mode is CompressWeightsMode.INT4_ASYM and "zero points other than 8" in lw.note
+    assert np.array_equal(lw.dequantized(), codes - zeros.T)
+
+
+def test_act_order_groups_must_be_whole():
+    g_idx = np.array([0, 0, 0, 1, 1, 1, 1, 1])  # 3 and 5 channels: not a GPTQ grouping
+    with pytest.raises(ExportError, match=r"l\.g_idx puts 3 input channels in group 0, but every group must hold 4"):
+        convert_gptq_layer("l", _fmt(desc_act=True), pack_gptq_rows(np.zeros((8, 8), int), 4),
+                           pack_gptq_columns(np.zeros((2, 8), int), 4), np.ones((2, 8), np.float16), g_idx, 8, 8)
+
+
+# --------------------------------------------------------------------------- every layout, exactly
+
+
+VARIANTS = {
+    "gptq-v1-asym-g32": dict(bits=4, group_size=32),
+    "gptq-v2-asym-g16": dict(bits=4, group_size=16, checkpoint_format="gptq_v2"),
+    "gptq-v1-sym-g32": dict(bits=4, group_size=32, sym=True),
+    "gptq-v2-sym-act-order": dict(bits=4, group_size=16, sym=True, desc_act=True, checkpoint_format="gptq_v2"),
+    "gptq-v1-asym-act-order": dict(bits=4, group_size=32, desc_act=True),
+    "gptq-v1-asym-per-channel": dict(bits=4, group_size=-1, desc_act=True),
+    "gptq-v1-8bit-sym": dict(bits=8, group_size=32, sym=True),
+    "gptq-v2-8bit-asym-act-order": dict(bits=8, group_size=32, desc_act=True, checkpoint_format="gptq_v2"),
+    "gptq-sidecar-config-2-shards": dict(bits=4, group_size=64, config_file="quantize_config.json", shards=2),
+    "awq-gemm-g32": dict(method="awq", bits=4, group_size=32),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_layout_is_kept_exactly(variant, llama_dir, llama_ir, read_ir, tmp_path):
+    kw = VARIANTS[variant]
+    ckpt_dir = tmp_path / variant
+    planted = write_checkpoint(llama_dir, ckpt_dir, seed=len(variant), **kw)
+    fmt = detect_prequantized(ckpt_dir)
+    assert fmt.method == kw.get("method", "gptq") and fmt.bits == kw["bits"] and fmt.group_size == kw["group_size"]
+    ckpt = PrequantizedCheckpoint(ckpt_dir)
+    assert len(ckpt.layers) == len(planted) == 14
+    model = read_ir(llama_ir)
+    records = apply_prequantized(model, ckpt)
+    assert len(records) == 14
+    assert read_prequantized_info(model)["format"]["checkpoint_format"] == fmt.checkpoint_format
+    check_ir_matches_planted(model, planted, kw["bits"], kw.get("sym", False))
+    assert_logits_close(run_logits(model), reference_logits(ckpt_dir, planted, IDS))
+
+
+@pytest.mark.parametrize("sym, act_order", [(False, False), (True, True)])
+def test_cpu_plugin_fuses_the_checkpoint_weights(sym, act_order, llama_dir, llama_ir, read_ir, tmp_path):
+    """The compiled model's FullyConnected nodes run on the u4/i4 constants (act-order: after a Gather)."""
+    write_checkpoint(llama_dir, tmp_path / "q", group_size=32, sym=sym, desc_act=act_order)
+    model = read_ir(llama_ir)
+    apply_prequantized(model, PrequantizedCheckpoint(tmp_path / "q"))
+    runtime = ov.Core().compile_model(model, "CPU").get_runtime_model()
+    fc_weights = Counter()
+    for op in runtime.get_ordered_ops():
+        if op.get_rt_info()["layerType"].astype(str) == "FullyConnected":
+            fc_weights[op.input_value(1).get_node().get_rt_info()["outputPrecisions"].astype(str)] += 1
+    assert fc_weights["i4" if sym else "u4"] == 14, fc_weights
+    assert not any(op.get_rt_info()["layerType"].astype(str) == "Multiply" and "fq_weights" in op.get_friendly_name()
+                   for op in runtime.get_ordered_ops())
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_export_model_f16_bias_act_order_sharded_sidecar(tmp_path):
+    """export_model on a float16 checkpoint with biases, act-order, two shards and a quantize_config.json."""
+    from optimum_wc import export_model
+
+    float_dir = build_llama_with_bias(tmp_path / "float")
+    ckpt_dir = tmp_path / "gptq"
+    planted = write_checkpoint(float_dir, ckpt_dir, group_size=16, desc_act=True, config_file="quantize_config.json",
+                               shards=2, dtype="float16")
+    out = tmp_path / "out"
+    assert export_model(ckpt_dir, out, None, load=False) is None
+    model = ov.Core().read_model(out / "openvino_model.xml")
+    check_ir_matches_planted(model, planted, 4, False)
+    assert_logits_close(run_logits(model), reference_logits(ckpt_dir, planted, IDS))
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert {"tokenizer.json", "config.json", "openvino_model.bin"} <= set(os.listdir(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float", "gptq", "out"]  # no staging leftovers
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_from_pretrained_export_with_int8_embeddings(llama_dir, tmp_path):
+    """Our config compresses the float weights (embeddings, lm_head) and leaves the GPTQ integers alone."""
+    from transformers import AutoTokenizer, pipeline
+
+    from optimum_wc import OVModelForCausalLM
+
+    ckpt_dir = tmp_path / "gptq"
+    planted = write_checkpoint(llama_dir, ckpt_dir, group_size=32, sym=True)
+    config = WeightCompressionConfig(mode="int8_asym")
+    model = OVModelForCausalLM.from_pretrained(ckpt_dir, export=True, quantization_config=config)
+    check_ir_matches_planted(model.model, planted, 4, True)
+    consts = {op.get_friendly_name(): op for op in model.model.get_ops() if op.get_type_name() == "Constant"}
+    assert consts["self.model.embed_tokens.weight"].get_element_type() == ov.Type.u8
+    assert consts["self.lm_head.weight"].get_element_type() == ov.Type.u8
+    pipe = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(ckpt_dir))
+    text = pipe("It is a truth", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert text.startswith("It is a truth")
+
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    reloaded = OVModelForCausalLM.from_pretrained(saved)
+    assert reloaded.wc_config == config
+    check_ir_matches_planted(reloaded.model, planted, 4, True)
+    assert {"tokenizer.json", "optimum_wc_config.json"} <= set(os.listdir(saved))
+
+
+def test_example_converts_without_gptq_libraries_or_cuda(llama_dir, tmp_path):
+    """examples/convert_gptq.py, run with auto_gptq / gptqmodel / awq / CUDA modules blocked from import."""
+    ckpt_dir = tmp_path / "gptq"
+    write_checkpoint(llama_dir, ckpt_dir, group_size=32, desc_act=True, dtype="float16")
+    out = tmp_path / "out"
+    runner = textwrap.dedent(f"""
+        import importlib.abc, runpy, sys
+        GPTQ_LIBS, BLOCKED = {GPTQ_LIBS!r}, {GPTQ_LIBS + CUDA_LIBS!r}
+        ATTEMPTS = []
+        class Block(importlib.abc.MetaPathFinder):
+            # An import of a blocked name fails (and is recorded); an availability probe
+            # (importlib.util.find_spec, as optimum/transformers do at import time) sees it absent.
+            def find_spec(self, name, path=None, target=None):
+                if not any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                    return None
+                frame = sys._getframe(1)
+                for _ in range(4):
+                    if frame is None:
+                        break
+                    code = frame.f_code
+                    if code.co_name == "find_spec" and "importlib" in code.co_filename and "util" in code.co_filename:
+                        return None  # a probe: "not installed" (none of them is installed here)
+                    frame = frame.f_back
+                if any(name == b or name.startswith(b + ".") for b in GPTQ_LIBS):
+                    ATTEMPTS.append(name)
+                raise ImportError(f"blocked import of {{name}}")
+        sys.meta_path.insert(0, Block())
+        sys.argv = ["convert_gptq.py", {str(ckpt_dir)!r}, {str(out)!r}, "--int8-embeddings", "--max-new-tokens", "4"]
+        runpy.run_path({str(ROOT / "examples" / "convert_gptq.py")!r}, run_name="__main__")
+        import torch
+        loaded = sorted(m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in BLOCKED))
+        print("BLOCKED-LOADED", loaded, "ATTEMPTS", ATTEMPTS, "CUDA-INITIALIZED", torch.cuda.is_initialized())
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "BLOCKED-LOADED [] ATTEMPTS [] CUDA-INITIALIZED False" in result.stdout, result.stdout[-2000:]
+    assert "kept exactly: 14 GPTQ linear layers" in result.stdout and "A: " in result.stdout
+    assert (out / "openvino_model.xml").is_file()
+
+
+# --------------------------------------------------------------------------- bad checkpoints
+
+
+def _drop_scales(d):
+    edit_tensors(d, lambda t: {k: v for k, v in t.items() if k != "model.layers.1.mlp.up_proj.scales"})
+
+
+def _g_idx_out_of_range(d):
+    def edit(t):
+        g = t["model.layers.0.self_attn.k_proj.g_idx"].clone()
+        g[5] = 7  # 64 inputs / 32 = 2 groups
+        t["model.layers.0.self_attn.k_proj.g_idx"] = g
+        return t
+    edit_tensors(d, edit)
+
+
+BAD = {
+    "missing scales": (
+        _drop_scales, r"model\.layers\.1\.mlp\.up_proj\.scales is missing from the checkpoint.*re-download"
+    ),
+    "shape disagrees with config": (
+        lambda d: edit_config(d, lambda c: c.update(intermediate_size=128)),
+        r"model\.layers\.0\.mlp\.gate_proj\.qweight has shape \[8, 192\], but config\.json makes "
+        r"model\.layers\.0\.mlp\.gate_proj\.weight \[128, 64\].*must be \[8, 128\]",
+    ),
+    "3 bits": (
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(bits=3)),
+        r"config\.json: GPTQ bits=3 is not supported.*4-bit and 8-bit",
+    ),
+    "g_idx out of range": (
+        _g_idx_out_of_range,
+        r"model\.layers\.0\.self_attn\.k_proj\.g_idx maps input channel 5 to group 7, outside \[0, 2\)",
+    ),
+    "awq gemv": (
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(quant_method="awq", version="gemv")),
+        r"AWQ version='gemv' is not supported",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_checkpoints_fail_clearly_and_write_nothing(case, llama_dir, tmp_path):
+    from optimum_wc import OVModelForCausalLM, export_model
+
+    ckpt_dir = tmp_path / "gptq"
+    write_checkpoint(llama_dir, ckpt_dir, group_size=32, desc_act=True)
+    mutate, pattern = BAD[case]
+    mutate(ckpt_dir)
+    out = tmp_path / "out" / "model"
+    with pytest.raises(ExportError, match=pattern):
+        export_model(ckpt_dir, out, WeightCompressionConfig(mode="int8_asym"), load=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    if case in ("missing scales", "3 bits"):
+        with pytest.raises(ExportError, match=pattern):
+            OVModelForCausalLM.from_pretrained(ckpt_dir, export=True)
+
+
+def test_detection(llama_dir, tmp_path):
+    assert detect_prequantized(llama_dir) is None
+    ckpt_dir = tmp_path / "gptq"
+    write_checkpoint(llama_dir, ckpt_dir, config_file="quantize_config.json", sym=True)
+    fmt = detect_prequantized(ckpt_dir)
+    assert (fmt.method, fmt.bits, fmt.sym, fmt.checkpoint_format) == ("gptq", 4, True, "gptq")
+    assert Path(fmt.source).name == "quantize_config.json"
+    edit_config(ckpt_dir, lambda c: c.update(quantization_config={"quant_method": "gptq", "bits": 8}))
+    with pytest.raises(ExportError, match=r"bits=4 in quantize_config\.json but bits=8 in config\.json"):
+        detect_prequantized(ckpt_dir)
+    bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    edit_config(ckpt_dir, lambda c: c.update(quantization_config=bnb))
+    assert detect_prequantized(ckpt_dir) is None  # not ours: left to optimum-intel
