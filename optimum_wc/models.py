@@ -75,3 +75,40 @@ def _byte_level_tokenizer(gguf_tokenizer):
     )
     fixed.chat_template = gguf_tokenizer.chat_template
     return fixed
+
+
+def train_bpe_tokenizer(text: str, vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on ``text`` (deterministic, offline), as a fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_llama(path: str | Path, text: str, *, hidden: int = 64, intermediate: int = 192, layers: int = 2,
+                     vocab_size: int = 512, max_positions: int = 256, tie: bool = False, seed: int = 0) -> Path:
+    """A tiny random Llama checkpoint with a BPE tokenizer trained on ``text``: for tests and smoke runs."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_bpe_tokenizer(text, vocab_size)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+        tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    path = Path(path)
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

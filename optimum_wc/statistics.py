@@ -207,3 +207,55 @@ def _load(path, key_of, samples, raw_rows, gram_block) -> dict[str, ActivationSt
         i += 1
     logger.info("Reusing activation statistics from %s.", path)
     return {name: stats[key] for name, key in key_of.items()}
+
+
+# -- per-layer Hessians for GPTQ and LoRA correction, on the partially compressed model --------
+
+
+@dataclass
+class InputHessian:
+    """``X^T X`` (float64 sums) of one activation over all calibration tokens."""
+
+    channels: int
+    n_tokens: int = 0
+    xtx: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        if self.xtx is None:
+            self.xtx = np.zeros((self.channels, self.channels), dtype=np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        x = x.reshape(-1, self.channels).astype(np.float64)
+        self.n_tokens += x.shape[0]
+        self.xtx += x.T @ x
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """GPTQ's layer Hessian ``H = 2 X^T X / N``."""
+        return self.xtx * (2.0 / max(self.n_tokens, 1))
+
+
+def collect_hessians(
+    ov_model, sources: Sequence[tuple[str, int]], samples: Sequence[np.ndarray]
+) -> dict[tuple[str, int], InputHessian]:
+    """``X^T X`` of each activation ``sources`` names ((producer, output index)), from one pass over ``samples``.
+
+    The model is run as it is now (a clone with the activations added as
+    outputs), so weights compressed earlier shape the inputs seen here.
+    """
+    from .inference import StatefulRunner
+
+    model = ov_model.clone()
+    by_name = ops_by_name(model)
+    keys = list(dict.fromkeys(sources))
+    added = model.add_outputs([by_name[node].output(index) for node, index in keys])
+    n_base = len(model.outputs) - len(added)
+    runner = StatefulRunner(model)
+    ports = {key: runner.compiled.outputs[n_base + i] for i, key in enumerate(keys)}
+    out: dict[tuple[str, int], InputHessian] = {}
+    for ids in samples:
+        results = runner.run(ids)
+        for key, port in ports.items():
+            x = results[port]
+            out.setdefault(key, InputHessian(int(x.shape[-1]))).update(x)
+    return out

@@ -29,35 +29,15 @@ def _training_text() -> str:
 
 def build_tokenizer(vocab_size: int = 512):
     """A small byte-level BPE tokenizer trained on local text (deterministic, offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from optimum_wc.models import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_training_text()], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return train_bpe_tokenizer(_training_text(), vocab_size)
 
 
 def build_llama(path: Path, hidden: int = 64, intermediate: int = 192, tie: bool = False) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from optimum_wc.models import build_tiny_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=512, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
-    )
-    LlamaForCausalLM(cfg).eval().save_pretrained(path)
-    build_tokenizer().save_pretrained(path)
-    return path
+    return build_tiny_llama(path, _training_text(), hidden=hidden, intermediate=intermediate, tie=tie)
 
 
 def build_gpt2(path: Path) -> Path:

@@ -1,0 +1,206 @@
+"""GPTQ: quantize a layer column by column, folding each column's error into the columns not yet quantized.
+
+For a weight ``W [out, in]`` and calibration inputs ``X [N, in]`` the objective is
+the layer-output error
+
+    E(Q) = || X (W - deq(Q))^T ||^2 = tr((W - deq(Q)) H (W - deq(Q))^T) N / 2,   H = 2 X^T X / N.
+
+GPTQ (Frantar et al. 2022) quantizes input channel ``j`` to the nearest grid
+point and compensates the remaining float channels with the optimal update
+
+    e = (w_j - deq(q_j)) / U_jj,    W[:, j:] -= e U[j, j:],
+
+with ``U`` the upper Cholesky factor of ``(H + lambda I)^-1``, ``lambda =
+percdamp * mean(diag H)``.  Updates are applied lazily per block of
+columns (a block is a multiple of the group size, so the result does not
+depend on the block size).  Channels never activated (``H_jj = 0``) are dead:
+their weights are set to 0 and ``H_jj`` to 1.  Group scales and zero points
+are computed with our RTN formulas when quantization enters a group, from the
+group's *current* weights (already updated by every earlier column); with
+``group_size == -1`` they are computed once from the whole weight.  The scales
+are rounded to f16 before use, as stored in the IR, so the error that is
+propagated is the deployed one.
+
+With ``scale_estimation`` the codes are then fixed and each row's scales
+``s_r`` (one per group) are refitted jointly by least squares on ``H``:
+
+    min_s (w - Q_r s)^T H (w - Q_r s)  =>  (Q_r^T H Q_r) s = Q_r^T H w,
+
+where column ``g`` of ``Q_r`` holds ``q - z`` of group ``g``; a row keeps its
+GPTQ scales unless the (f16) refit lowers its error on ``H``, so the result is
+never worse than plain GPTQ on the calibration inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import CompressWeightsMode
+from .lowering import CompressedWeight, asymmetric_params, levels, symmetric_scale
+
+PERCDAMP = 0.01
+BLOCK_SIZE = 128
+
+
+def _f16(v: np.ndarray) -> np.ndarray:
+    return np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def group_params(w: np.ndarray, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
+    """RTN scale (rounded to f16) and zero point of each row of ``w [out, k]``: shapes [out], [out] or None."""
+    w = np.asarray(w, dtype=np.float32)
+    if mode.is_asym:
+        scale, zp = asymmetric_params(w, 1, mode.num_bits)
+        return _f16(scale[:, 0]), zp[:, 0].astype(np.float64)
+    return _f16(symmetric_scale(w, 1, mode.num_bits)[:, 0]), None
+
+
+def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
+    """``clip(round(w / s [+ z]))`` as float64 integers."""
+    low, high = levels(mode)
+    q = w / scale.astype(np.float64)
+    if zp is not None:
+        q += zp
+    return np.clip(np.rint(q), low, high)
+
+
+def dead_channels(hessian: np.ndarray) -> np.ndarray:
+    return np.diag(hessian) == 0
+
+
+def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of ``(H + lambda I)^-1`` (``U^T U``), dead channels given ``H_jj = 1``.
+
+    The damping is raised tenfold until ``H + lambda I`` is positive definite.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    dead = dead_channels(h)
+    h[dead, dead] = 1.0
+    damp = percdamp * float(np.mean(np.diag(h)))
+    idx = np.arange(h.shape[0])
+    for _ in range(8):
+        hd = h.copy()
+        hd[idx, idx] += damp
+        try:
+            inv = np.linalg.inv(np.linalg.cholesky(hd))
+            hinv = inv.T @ inv
+            return np.linalg.cholesky((hinv + hinv.T) / 2).T
+        except np.linalg.LinAlgError:
+            damp = damp * 10 if damp > 0 else 1e-8
+    raise np.linalg.LinAlgError("the layer Hessian stays singular even with strong damping")
+
+
+def gptq_codes(
+    w: np.ndarray, u: np.ndarray, mode: CompressWeightsMode, group_size: int, block_size: int = BLOCK_SIZE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The GPTQ loop on ``w [out, in]`` (float64, modified in place) with factor ``u``.
+
+    Returns the codes [out, in] (float64 integers) and the scales / zero points
+    [out, n_groups].
+    """
+    out_ch, in_ch = w.shape
+    gs = in_ch if group_size == -1 else group_size
+    ng = in_ch // gs
+    codes = np.empty((out_ch, in_ch), dtype=np.float64)
+    scales = np.empty((out_ch, ng), dtype=np.float32)
+    zps = np.empty((out_ch, ng), dtype=np.float64) if mode.is_asym else None
+    if group_size == -1:
+        block = block_size
+        scale, zp = group_params(w, mode)
+        scales[:, 0] = scale
+        if zps is not None:
+            zps[:, 0] = zp
+    else:  # blocks made of whole groups: a group's current weights are all in the block being processed
+        block = gs * max(1, block_size // gs)
+    for i1 in range(0, in_ch, block):
+        i2 = min(i1 + block, in_ch)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if group_size != -1 and col % gs == 0:
+                scale, zp = group_params(w1[:, i : i + gs], mode)
+                scales[:, col // gs] = scale
+                if zps is not None:
+                    zps[:, col // gs] = zp
+            q = quantize_column(w1[:, i], scale, zp, mode)
+            codes[:, col] = q
+            deq = (q - zp if zp is not None else q) * scale
+            e = (w1[:, i] - deq) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err[:, i] = e
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return codes, scales, zps
+
+
+def row_errors(w: np.ndarray, deq: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """``(w_r - deq_r)^T H (w_r - deq_r)`` for each row."""
+    d = w - deq
+    return np.einsum("oi,oi->o", d @ hessian, d)
+
+
+def refit_scales(w: np.ndarray, qz: np.ndarray, scales: np.ndarray, hessian: np.ndarray, group_size: int) -> np.ndarray:
+    """Per row, the least-squares scales for fixed ``qz = q - z`` on ``H``; a row keeps ``scales`` unless better."""
+    out_ch, in_ch = w.shape
+    gs = in_ch if group_size == -1 else group_size
+    ng = in_ch // gs
+    qg = qz.reshape(out_ch, ng, gs)
+    rhs = np.einsum("ogk,ogk->og", (w @ hessian).reshape(out_ch, ng, gs), qg)
+    gram = np.empty((out_ch, ng, ng), dtype=np.float64)
+    for g in range(ng):  # gram[r, :, g] = Q_r^T H[:, group g] qz_r[group g]
+        hq = qz[:, g * gs : (g + 1) * gs] @ hessian[g * gs : (g + 1) * gs, :]
+        gram[:, :, g] = np.einsum("ogk,ogk->og", hq.reshape(out_ch, ng, gs), qg)
+    ridge = 1e-9 * np.maximum(np.trace(gram, axis1=1, axis2=2) / ng, 1e-30)
+    gram[:, np.arange(ng), np.arange(ng)] += ridge[:, None]
+    fit = _f16(np.linalg.solve(gram, rhs[..., None])[..., 0])
+    expand = lambda s: np.repeat(s.astype(np.float64), gs, axis=1) * qz  # noqa: E731
+    old_err = row_errors(w, expand(scales), hessian)
+    new_err = row_errors(w, expand(fit), hessian)
+    ok = np.all(np.isfinite(fit), axis=1) & np.all(np.sign(fit) == np.sign(scales), axis=1) & (new_err < old_err)
+    return np.where(ok[:, None], fit, scales).astype(np.float32)
+
+
+def gptq_quantize(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    mode: CompressWeightsMode,
+    group_size: int,
+    axis: int,
+    *,
+    scale_estimation: bool = False,
+    percdamp: float = PERCDAMP,
+    block_size: int = BLOCK_SIZE,
+) -> CompressedWeight:
+    """GPTQ compression of a 2-D ``weight`` reduced along ``axis`` with the layer Hessian ``H [in, in]``."""
+    if mode.num_bits != 4:
+        raise ValueError(f"GPTQ is a 4-bit algorithm, not for {mode.value}")
+    w0 = np.asarray(weight, dtype=np.float32)
+    transposed = (axis % 2) == 0
+    w2 = w0.T if transposed else w0
+    out_ch, in_ch = w2.shape
+    gs = in_ch if group_size == -1 else group_size
+    if in_ch % gs:
+        raise ValueError(f"channel size {in_ch} is not divisible by group size {gs}")
+    h = np.asarray(hessian, dtype=np.float64)
+    w = np.array(w2, dtype=np.float64)
+    w[:, dead_channels(h)] = 0.0
+    codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size)
+    ng = in_ch // gs
+    qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
+    if scale_estimation:
+        scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)
+    deq = (np.repeat(scales.astype(np.float64), gs, axis=1) * qz).astype(np.float32)
+    code_type = np.uint8 if mode.is_asym else np.int8
+    if group_size == -1:
+        codes_l, scale_l = codes.astype(code_type), scales.reshape(out_ch, 1)
+        zero_l = None if zps is None else zps.astype(np.uint8).reshape(out_ch, 1)
+    else:
+        codes_l, scale_l = codes.reshape(out_ch, ng, gs).astype(code_type), scales.reshape(out_ch, ng, 1)
+        zero_l = None if zps is None else zps.astype(np.uint8).reshape(out_ch, ng, 1)
+    if transposed:  # back to [n_groups, gs, out] (or [in, out]) for a weight reduced along axis 0
+        move = lambda a: None if a is None else np.ascontiguousarray(np.moveaxis(a, 0, -1))  # noqa: E731
+        codes_l, scale_l, zero_l = move(codes_l), move(scale_l), move(zero_l)
+    diff = deq - w2
+    return CompressedWeight(codes_l, np.ascontiguousarray(scale_l, dtype=np.float32), zero_l, mode, group_size,
+                            tuple(w0.shape), float(np.vdot(diff, diff)), float(np.vdot(w2, w2)))
