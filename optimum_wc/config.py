@@ -181,6 +181,7 @@ class WeightCompressionConfig:
     subset_size: int = 128
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST
     sample_length: int = 128
+    lora_rank: int = 8
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -303,6 +304,8 @@ def _check_numbers(c: WeightCompressionConfig) -> None:
         raise ConfigError(f"subset_size={c.subset_size!r} must be a positive integer, e.g. 128.")
     if isinstance(c.sample_length, bool) or not isinstance(c.sample_length, int) or c.sample_length < 8:
         raise ConfigError(f"sample_length={c.sample_length!r} must be an integer >= 8 (tokens per calibration sample), e.g. 128.")
+    if isinstance(c.lora_rank, bool) or not isinstance(c.lora_rank, int) or c.lora_rank < 1:
+        raise ConfigError(f"lora_rank={c.lora_rank!r} must be an integer >= 1 (rank of the LoRA correction adapters), e.g. 8.")
 
 
 def _check_int8_options(c: WeightCompressionConfig) -> None:

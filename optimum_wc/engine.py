@@ -5,7 +5,11 @@ embedding layers by integer codes ``q`` with scales ``s`` (and zero points
 ``z``) such that ``s * (q - z)`` is the round-to-nearest approximation of
 ``W`` on the chosen grid, with the per-layer precision chosen by
 :mod:`optimum_wc.planning`.  Weights are processed one at a time and each
-float constant is released as soon as it is replaced.
+float constant is released as soon as it is replaced.  Data-aware options
+change how a 4-bit layer is approximated: AWQ (float weights edited first),
+scale estimation, GPTQ (:mod:`optimum_wc.gptq`) and LoRA correction
+(:mod:`optimum_wc.lora_correction`); the last two take each layer's inputs
+from the partially compressed model, in topological order.
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ from .config import WeightCompressionConfig
 from .errors import NotYetSupportedError
 from .awq import apply_awq
 from .calibration import prepare_samples
-from .graph import find_weight_sites, read_weight, replace_with_compressed, write_rt_info
-from .lowering import quantize
+from .graph import (
+    activation_source, adapter_input, add_lora_adapter, find_weight_sites, ops_by_name, read_weight, replace_with_compressed,
+    topological_positions, write_rt_info,
+)
+from .gptq import gptq_quantize
+from .lora_correction import fit_lora
+from .lowering import dequantize, quantize
 from .planning import LayerPlan, plan_layers
 from .scale_estimation import estimate_scales
 from .sensitivity import sensitivity_function
-from .statistics import collect_statistics
+from .statistics import collect_hessians, collect_statistics
 
 logger = logging.getLogger("optimum_wc")
 
@@ -32,7 +41,8 @@ __all__ = ["compress_model", "bitwidth_table"]
 
 
 GRAM_BLOCK = 128  # scale estimation: exact group Grams for group sizes dividing gcd(channels, 128)
-IMPLEMENTED_DATA_AWARE = ("awq", "scale_estimation", "sensitivity_metric=")
+IMPLEMENTED_DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction", "sensitivity_metric=")
+SOURCES_PER_PASS = 4  # GPTQ / LoRA correction: activations (layer inputs) whose Hessians one calibration pass collects
 
 
 def _check_supported(config: WeightCompressionConfig, data: Any) -> None:
@@ -40,7 +50,7 @@ def _check_supported(config: WeightCompressionConfig, data: Any) -> None:
     if missing:
         raise NotYetSupportedError(
             f"{', '.join(missing)} is not implemented in this version of optimum-wc; "
-            "use awq and/or scale_estimation (or data-free compression) until it lands."
+            "use awq, scale_estimation, gptq or lora_correction (or data-free compression) until it lands."
         )
     if data is not None and not config.data_aware_options:
         logger.info("Calibration data was given but this config does not use it (no data-aware option).")
@@ -73,12 +83,12 @@ def compress_model(
     for op_name, reason in skipped:
         logger.info("Not compressed: %s (%s)", op_name, reason)
 
-    stats = None
+    stats, samples = None, None
     if config.data_aware_options:
         samples = prepare_samples(data, tokenizer, config.subset_size, config.sample_length, ov_model=ov_model)
         logger.info("Calibrating on %d samples of up to %d tokens.", len(samples), config.sample_length)
         stats = collect_statistics(ov_model, sites, samples, progress=progress, cache_path=statistics_path,
-                                   gram_block=GRAM_BLOCK if config.scale_estimation else 0)
+                                   gram_block=GRAM_BLOCK if config.scale_estimation and not config.gptq else 0)
 
     sensitivity = sensitivity_function(config.effective_sensitivity_metric, stats)
     plans = plan_layers(sites, config, sensitivity)
@@ -92,24 +102,90 @@ def compress_model(
         for rec in apply_awq(ov_model, plans, stats, config.mode):
             logger.debug("AWQ %s", rec)
 
-    records = []
-    iterator = plans
+    records = [_layer_record(p) for p in plans]
+    sequential = [p for p in plans if _is_sequential(p, config)]
+    later = {id(p) for p in sequential}
+    iterator = [(p, r) for p, r in zip(plans, records) if id(p) not in later]
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(plans, desc="Compressing weights", unit="layer")
-    for p in iterator:
-        records.append(_layer_record(p))
+        iterator = tqdm(iterator, desc="Compressing weights", unit="layer")
+    for p, record in iterator:
         if p.mode is None:
             continue
         cw = _compress_layer(p, config, stats)
-        records[-1]["relative_error"] = round(cw.relative_error, 6)
+        record["relative_error"] = round(cw.relative_error, 6)
         replace_with_compressed(p.site, cw)
         del cw
+    if sequential:
+        by_plan = {id(p): r for p, r in zip(plans, records)}
+        _compress_sequentially(ov_model, sequential, [by_plan[id(p)] for p in sequential], config, stats, samples, progress)
 
     write_rt_info(ov_model, config.to_dict(), records)
     logger.info("Weight compression took %.2f s.\n%s", time.perf_counter() - start, bitwidth_table(records))
     return ov_model
+
+
+def _is_sequential(p: LayerPlan, config: WeightCompressionConfig) -> bool:
+    """Layers that GPTQ or LoRA correction handle: 2-D MatMul weights in the primary 4-bit mode."""
+    return (config.gptq or config.lora_correction) and p.mode is config.mode and p.site.kind == "matmul" and len(p.site.shape) == 2
+
+
+def _compress_sequentially(model, plans, records, config: WeightCompressionConfig, stats, samples, progress: bool) -> None:
+    """GPTQ or LoRA correction, layer inputs taken from the model as it is being compressed.
+
+    The layers are grouped by their activation input, in topological order;
+    each pass over the calibration samples collects ``X^T X`` for the next
+    :data:`SOURCES_PER_PASS` inputs on the current (partially compressed)
+    model, then compresses their layers.  Only one pass's Hessians are held.
+    """
+    nodes = ops_by_name(model)
+    position = topological_positions(model)
+    groups: dict[tuple[str, int], list] = {}
+    for p, record in zip(plans, records):
+        groups.setdefault(activation_source(nodes[p.site.op_names[0]]), []).append((p, record))
+    order = sorted(groups, key=lambda k: min(position[n] for p, _ in groups[k] for n in p.site.op_names))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plans), desc="GPTQ" if config.gptq else "LoRA correction", unit="layer")
+    for start in range(0, len(order), SOURCES_PER_PASS):
+        batch = order[start : start + SOURCES_PER_PASS]
+        hessians = collect_hessians(model, batch, samples)
+        for key in batch:
+            h = hessians[key].hessian
+            for p, record in groups[key]:
+                _compress_with_hessian(p, record, config, stats, h, nodes)
+                if bar is not None:
+                    bar.update(1)
+        del hessians
+    if bar is not None:
+        bar.close()
+
+
+def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompressionConfig, stats, h, nodes) -> None:
+    """One layer of :func:`_compress_sequentially`: GPTQ (or RTN / scale estimation), then the LoRA adapter if asked."""
+    weight = read_weight(p.site)
+    if config.gptq:
+        cw = gptq_quantize(weight, h, p.mode, p.group_size, p.site.reduction_axis, scale_estimation=config.scale_estimation)
+    else:
+        cw = _compress_layer(p, config, stats)
+    record["relative_error"] = round(cw.relative_error, 6)
+    adapter, inputs = None, []
+    if config.lora_correction:
+        for op_name in p.site.op_names:
+            try:
+                inputs.append((nodes[op_name], adapter_input(nodes[op_name])))
+            except ValueError as exc:
+                logger.info("No LoRA adapter for %s: %s", op_name, exc)
+        out_in = lambda a: a.T if p.site.reduction_axis % 2 == 0 else a  # noqa: E731
+        adapter = fit_lora(out_in(weight), out_in(dequantize(cw)), h, config.lora_rank) if inputs else None
+        record["lora_error_ratio"] = None if adapter is None else round(adapter.error_after / adapter.error_before, 6)
+    replace_with_compressed(p.site, cw)
+    if adapter is not None:
+        for i, (matmul, x) in enumerate(inputs):
+            add_lora_adapter(matmul, x, adapter.a, adapter.b, p.site.name if i == 0 else f"{p.site.name}/{i}")
 
 
 def _compress_layer(p: LayerPlan, config: WeightCompressionConfig, stats) -> Any:

@@ -431,20 +431,27 @@ def topological_positions(model) -> dict[str, int]:
     return {op.get_friendly_name(): i for i, op in enumerate(model.get_ordered_ops())}
 
 
-def add_lora_adapter(matmul, a: CompressedWeight, b: CompressedWeight, name: str) -> Any:
-    """Add ``MatMul(MatMul(x, A^T), B^T)`` to the output of the weighted ``matmul`` (x its activation input).
+def adapter_input(matmul) -> Any:
+    """The activation input of a weighted MatMul that can take a LoRA adapter (first, untransposed input).
 
-    ``a`` [rank, in] and ``b`` [out, rank] are compressed weights, each built
-    with :func:`decompression_subgraph` so the CPU plugin runs both adapter
-    MatMuls as compressed fully connected layers.  Every former user of the
-    MatMul's output now reads the sum.  Returns the Add node.
+    Call it while the weight is still a float constant; raises ValueError otherwise.
     """
     found = _weight_of(matmul)
     if found is None or matmul.get_type_name() != "MatMul":
         raise ValueError(f"{matmul.get_friendly_name()} is not a MatMul with a constant weight")
     if found[1] != 1 or matmul.get_attributes()["transpose_a"]:
         raise ValueError(f"{matmul.get_friendly_name()}: the adapter needs the activation as the first, untransposed input")
-    x = matmul.input_value(0)
+    return matmul.input_value(0)
+
+
+def add_lora_adapter(matmul, x, a: CompressedWeight, b: CompressedWeight, name: str) -> Any:
+    """Add ``MatMul(MatMul(x, A^T), B^T)`` to the output of ``matmul`` (``x``: its activation, see :func:`adapter_input`).
+
+    ``a`` [rank, in] and ``b`` [out, rank] are compressed weights, each built
+    with :func:`decompression_subgraph` so the CPU plugin runs both adapter
+    MatMuls as compressed fully connected layers.  Every former user of the
+    MatMul's output now reads the sum.  Returns the Add node.
+    """
 
     def weight(cw: CompressedWeight, suffix: str):
         node = decompression_subgraph(cw, f"{name}/{suffix}")

@@ -259,13 +259,12 @@ def test_bitwidth_table_is_logged(llama_ir, read_ir, caplog):
     assert "Bit-width distribution" in text and "int4_asym, group size 32" in text and "int8_asym, per-channel" in text
 
 
-def test_unimplemented_algorithms_are_refused_clearly(llama_ir, read_ir):
-    model = read_ir(llama_ir)
-    with pytest.raises(NotYetSupportedError, match="gptq"):
-        compress_model(model, WeightCompressionConfig(mode="int4_asym", gptq=True, dataset=["text"]))
-    with pytest.raises(NotYetSupportedError, match="lora_correction"):
-        compress_model(model, WeightCompressionConfig(mode="int4_asym", lora_correction=True, awq=True, dataset=["text"]))
-    assert int_constant_counts(model) == Counter()  # nothing was touched
+def test_gptq_and_lora_correction_are_implemented(llama_ir, read_ir):
+    """Formerly refused with NotYetSupportedError; end-to-end checks live in test_gptq_lora.py."""
+    from optimum_wc.engine import _check_supported
+
+    for extra in (dict(gptq=True), dict(lora_correction=True, awq=True)):
+        _check_supported(WeightCompressionConfig(mode="int4_asym", dataset=["text"], **extra), ["text"])
 
 
 def test_strided_scales_make_a_valid_subgraph():
