@@ -76,20 +76,12 @@ def default_calib_texts(eval_text: Path) -> list[Path]:
     return sorted(p for p in eval_text.parent.glob("*.txt") if p.resolve() != eval_text.resolve())
 
 
-def tokenize_prefix(tokenizer, text: str, n_tokens: int) -> np.ndarray:
-    """The first ``n_tokens`` token ids of ``text`` (no special tokens), tokenising only a prefix."""
-    chars = max(4096, n_tokens * 8)
-    while True:
-        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
-        if len(ids) > n_tokens + 64 or chars >= len(text):
-            return np.asarray(ids[:n_tokens], dtype=np.int64)
-        chars *= 2
-
-
 def write_tokens(float_ir: Path, run_dir: Path, eval_text: Path, n_tokens: int,
                  calib_texts: Sequence[Path], n_calib_tokens: int) -> tuple[Path, Path | None]:
     """Tokenise once, for every row: evaluation ids (and calibration ids if needed) as .npy files."""
     from transformers import AutoTokenizer
+
+    from optimum_wc.evaluation import tokenize_prefix
 
     tokenizer = AutoTokenizer.from_pretrained(float_ir)
     tokens = tokenize_prefix(tokenizer, eval_text.read_text(encoding="utf-8"), n_tokens)

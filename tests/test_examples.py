@@ -20,3 +20,21 @@ def test_export_int4_example(llama_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Exported and compressed" in result.stdout and "A: " in result.stdout
     assert (out / "openvino_model.xml").is_file() and (out / "optimum_wc_config.json").is_file()
+
+
+def test_export_awq_example(llama_dir, tmp_path):
+    from conftest import AUSTEN
+
+    out = tmp_path / "awq"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "export_awq.py"), str(llama_dir), str(out),
+         "--text", str(AUSTEN / "emma.txt"), "--samples", "4", "--group-size", "32"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "AWQ + scale estimation export" in result.stdout and "report: " in result.stdout
+    import json
+
+    config = json.loads((out / "optimum_wc_config.json").read_text())
+    assert config["awq"] and config["scale_estimation"] and config["subset_size"] == 4
