@@ -15,16 +15,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-AUSTEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "austen"
-SAMPLE_TEXT = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-    "must be in want of a wife. However little known the feelings or views of such a man may be "
-) * 20
+# Real English prose kept in the repo (public-domain excerpt of Emma), so tests never depend on shared/.
+CALIBRATION_TEXT = Path(__file__).resolve().parent / "data" / "emma_excerpt.txt"
 
 
 def _training_text() -> str:
-    path = AUSTEN / "emma.txt"
-    return path.read_text(encoding="utf-8")[:100_000] if path.is_file() else SAMPLE_TEXT
+    return CALIBRATION_TEXT.read_text(encoding="utf-8")[:100_000]
 
 
 def build_tokenizer(vocab_size: int = 512):

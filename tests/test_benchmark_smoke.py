@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not an ins
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import RESULTS_HEADER, parse_results_table  # noqa: E402
-from benchmarks.run import default_eval_text  # noqa: E402
+from conftest import CALIBRATION_TEXT  # noqa: E402
 
 CONFIGS = ("int8_asym", "int4_asym_g128_r1.0")
 ENGINES = ("nncf", "ours")
@@ -25,13 +25,11 @@ ENGINES = ("nncf", "ours")
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> str:
-    if default_eval_text() is None:
-        pytest.skip("the shared Austen texts are not available")
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "B.md"
     cmd = [
         sys.executable, "-m", "benchmarks.run", "--smoke", "--configs", ",".join(CONFIGS),
-        "--out", str(out), "--work-dir", str(tmp / "work"),
+        "--out", str(out), "--work-dir", str(tmp / "work"), "--eval-text", str(CALIBRATION_TEXT),
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

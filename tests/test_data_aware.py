@@ -8,7 +8,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from conftest import AUSTEN, run_logits
+from conftest import CALIBRATION_TEXT, run_logits
 from optimum_wc import ConfigError, WeightCompressionConfig, compress_model
 from optimum_wc.awq import awq_loss, search_scales, smoothing_scales
 from optimum_wc.calibration import prepare_samples
@@ -18,7 +18,7 @@ from optimum_wc.lowering import dequantize, quantize
 from optimum_wc.scale_estimation import estimate_scales
 from optimum_wc.statistics import collect_statistics
 
-CALIB = AUSTEN / "emma.txt"
+CALIB = CALIBRATION_TEXT
 
 
 def outlier_layer(seed: int = 0, out: int = 48, cin: int = 128, n: int = 512):

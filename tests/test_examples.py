@@ -23,13 +23,13 @@ def test_export_int4_example(llama_dir, tmp_path):
 
 
 def test_export_awq_example(llama_dir, tmp_path):
-    from conftest import AUSTEN
+    from conftest import CALIBRATION_TEXT
 
     out = tmp_path / "awq"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "export_awq.py"), str(llama_dir), str(out),
-         "--text", str(AUSTEN / "emma.txt"), "--samples", "4", "--group-size", "32"],
+         "--text", str(CALIBRATION_TEXT), "--samples", "4", "--group-size", "32"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,7 +8,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from conftest import AUSTEN, run_logits
+from conftest import CALIBRATION_TEXT, run_logits
 from test_data_aware import output_error, outlier_layer
 from optimum_wc import WeightCompressionConfig, compress_model
 from optimum_wc.config import CompressWeightsMode as M
@@ -17,7 +17,7 @@ from optimum_wc.gptq import gptq_quantize
 from optimum_wc.lora_correction import fit_lora
 from optimum_wc.lowering import asymmetric_params, dequantize, levels, quantize, symmetric_scale
 
-CALIB = AUSTEN / "emma.txt"
+CALIB = CALIBRATION_TEXT
 CASES = [(M.INT4_ASYM, 32), (M.INT4_SYM, 32), (M.INT4_ASYM, -1), (M.INT4_SYM, 16)]
 
 
