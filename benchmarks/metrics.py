@@ -15,20 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from optimum_wc.evaluation import model_inputs
+
 # Accuracy is measured with f32 activations and KV cache, so that it shows the
 # compression error alone; speed is measured with the CPU plugin's defaults.
 ACCURACY_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
-
-
-def model_inputs(input_ids: np.ndarray, start: int) -> dict[str, np.ndarray]:
-    """Inputs of one call: ``input_ids`` [1, n] continuing a sequence already ``start`` tokens long."""
-    n = input_ids.shape[-1]
-    return {
-        "input_ids": input_ids.reshape(1, n).astype(np.int64),
-        "attention_mask": np.ones((1, start + n), dtype=np.int64),
-        "position_ids": np.arange(start, start + n, dtype=np.int64).reshape(1, n),
-        "beam_idx": np.zeros(1, dtype=np.int32),
-    }
 
 
 def split_windows(tokens: np.ndarray, window: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .inference import stateful_inputs
 from .errors import OptimumWCError
 
 __all__ = [
@@ -171,18 +172,7 @@ def ir_size(model_dir: str | Path) -> int:
 
 def model_inputs(input_ids: np.ndarray, start: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Inputs of one call of a stateful causal LM: ``input_ids`` continuing a sequence ``start`` tokens long."""
-    ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
-    n = ids.shape[1]
-    feed = {
-        "input_ids": ids,
-        "attention_mask": np.ones((1, start + n), dtype=np.int64),
-        "position_ids": np.arange(start, start + n, dtype=np.int64).reshape(1, n),
-        "beam_idx": np.zeros(1, dtype=np.int32),
-    }
-    if names is not None:
-        names = set(names)
-        feed = {k: v for k, v in feed.items() if k in names}
-    return feed
+    return stateful_inputs(np.asarray(input_ids, dtype=np.int64).reshape(1, -1), start, names)
 
 
 def _input_names(compiled) -> set[str]:

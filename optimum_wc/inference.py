@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
+
+
+def stateful_inputs(ids: np.ndarray, past: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Inputs of one call: ``ids`` [batch, n] continuing sequences already ``past`` tokens long.
+
+    With ``names``, only the inputs the model has are kept (``position_ids``
+    and ``beam_idx`` are optional in optimum-intel's stateful IRs).
+    """
+    batch, n = ids.shape
+    feed = {
+        "input_ids": np.asarray(ids, dtype=np.int64),
+        "attention_mask": np.ones((batch, past + n), dtype=np.int64),
+        "position_ids": np.broadcast_to(np.arange(past, past + n, dtype=np.int64), (batch, n)).copy(),
+        "beam_idx": np.arange(batch, dtype=np.int32),
+    }
+    if names is not None:
+        names = set(names)
+        feed = {k: v for k, v in feed.items() if k in names}
+    return feed
 
 
 class StatefulRunner:
     """Compile an optimum-intel causal LM IR once and feed it token ids (fresh KV state per call)."""
 
-    def __init__(self, ov_model: Any, precision: str = "f32"):
+    def __init__(self, ov_model: Any, precision: str = "f32", properties: dict[str, str] | None = None):
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        config = {"INFERENCE_PRECISION_HINT": precision, **(properties or {})}
+        self.compiled = ov.Core().compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.input_names = {name for port in self.compiled.inputs for name in port.get_names()}
 
     def _feed(self, ids: np.ndarray, past: int) -> dict[str, np.ndarray]:
-        batch, n = ids.shape
-        feed = {"input_ids": ids, "attention_mask": np.ones((batch, past + n), dtype=np.int64)}
-        if "position_ids" in self.input_names:
-            feed["position_ids"] = np.broadcast_to(np.arange(past, past + n, dtype=np.int64), (batch, n)).copy()
-        if "beam_idx" in self.input_names:
-            feed["beam_idx"] = np.arange(batch, dtype=np.int32)
-        return feed
+        return stateful_inputs(ids, past, self.input_names)
 
     def run(self, ids: np.ndarray) -> Any:
         """One pass over ``ids`` [batch, tokens] from an empty cache; returns the request's results."""

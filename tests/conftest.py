@@ -93,18 +93,22 @@ def read_ir():
     return lambda path: core.read_model(path)
 
 
-def run_logits(model, input_ids: np.ndarray) -> np.ndarray:
-    """Logits of a stateful OpenVINO causal LM for one batch of token ids (fresh state)."""
+def run_logits(model, input_ids: np.ndarray, properties: dict[str, str] | None = None) -> np.ndarray:
+    """Logits of a stateful OpenVINO causal LM for one batch of token ids (fresh state, f32)."""
+    from optimum_wc.inference import StatefulRunner
+
+    return StatefulRunner(model, properties=properties).logits(input_ids)
+
+
+def constant_codes(const) -> np.ndarray:
+    """Unpacked integer values of a u4/i4/u8/i8 Constant, in its shape."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    n = input_ids.shape[1]
-    names = {p.get_any_name() for p in compiled.inputs}
-    feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
-    if "position_ids" in names:
-        feed["position_ids"] = np.arange(n, dtype=np.int64)[None].repeat(input_ids.shape[0], 0)
-    if "beam_idx" in names:
-        feed["beam_idx"] = np.arange(input_ids.shape[0], dtype=np.int32)
-    request.reset_state()
-    return request.infer(feed)["logits"].copy()
+    data = np.asarray(const.get_data())
+    et, shape = const.get_element_type(), tuple(const.shape)
+    if et in (ov.Type.u4, ov.Type.i4):
+        flat = np.stack([data & 0x0F, data >> 4], axis=1).reshape(-1)[: int(np.prod(shape))].astype(np.int64)
+        if et == ov.Type.i4:
+            flat = np.where(flat > 7, flat - 16, flat)
+        return flat.reshape(shape)
+    return data.reshape(shape).astype(np.int64)

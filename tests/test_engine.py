@@ -8,7 +8,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from conftest import run_logits
+from conftest import constant_codes, run_logits
 from optimum_wc import (
     ConfigError,
     GroupSizeError,
@@ -27,18 +27,6 @@ def int_constant_counts(model) -> Counter:
     return Counter(INT_TYPES[op.get_element_type()] for op in model.get_ops()
                    if op.get_type_name() == "Constant" and op.get_element_type() in INT_TYPES
                    and not op.get_friendly_name().endswith("/zero_point"))
-
-
-def constant_codes(const) -> np.ndarray:
-    """Unpacked integer values of a u4/i4/u8/i8 Constant, in its shape."""
-    data = np.asarray(const.get_data())
-    et, shape = const.get_element_type(), tuple(const.shape)
-    if et in (ov.Type.u4, ov.Type.i4):
-        flat = np.stack([data & 0x0F, data >> 4], axis=1).reshape(-1)[: int(np.prod(shape))].astype(np.int16)
-        if et == ov.Type.i4:
-            flat = np.where(flat > 7, flat - 16, flat)
-        return flat.reshape(shape)
-    return data.reshape(shape).astype(np.int16)
 
 
 def constants_by_name(model):

@@ -20,6 +20,8 @@ import numpy as np
 import openvino as ov
 import pytest
 
+import conftest
+from conftest import constant_codes
 from gptq_writer import (
     build_llama_with_bias,
     edit_config,
@@ -57,27 +59,7 @@ def run_logits(model, input_ids: np.ndarray = IDS) -> np.ndarray:
     With it on (the default for int4/int8 fully connected layers, even under an
     f32 precision hint), activations are quantized to 8 bits at run time.
     """
-    hints = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
-    compiled = ov.Core().compile_model(model, "CPU", hints)
-    request = compiled.create_infer_request()
-    n = input_ids.shape[1]
-    feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
-            "position_ids": np.arange(n, dtype=np.int64)[None].repeat(input_ids.shape[0], 0),
-            "beam_idx": np.arange(input_ids.shape[0], dtype=np.int32)}
-    request.reset_state()
-    return request.infer(feed)["logits"].copy()
-
-
-def constant_values(const) -> np.ndarray:
-    """Unpacked integer values of a u4/i4/u8/i8 Constant, in its shape."""
-    data = np.asarray(const.get_data())
-    et, shape = const.get_element_type(), tuple(const.shape)
-    if et in (ov.Type.u4, ov.Type.i4):
-        flat = np.stack([data & 0x0F, data >> 4], axis=1).reshape(-1)[: int(np.prod(shape))].astype(np.int64)
-        if et == ov.Type.i4:
-            flat = np.where(flat > 7, flat - 16, flat)
-        return flat.reshape(shape)
-    return data.reshape(shape).astype(np.int64)
+    return conftest.run_logits(model, input_ids, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
 
 
 def check_ir_matches_planted(model, planted, bits: int, sym: bool) -> None:
@@ -99,7 +81,7 @@ def check_ir_matches_planted(model, planted, bits: int, sym: bool) -> None:
         if not natural:
             indices = consts[f"{name}/input_gather/indices"].get_data()
             assert np.array_equal(indices, perm)
-        codes = constant_values(const).reshape(n_out, n_in)
+        codes = constant_codes(const).reshape(n_out, n_in)
         scale = consts[f"{name}/scale"].get_data()
         assert scale.dtype == np.float16
         assert np.array_equal(scale.reshape(n_out, n_groups), p.scales.T)  # same f16 bits
@@ -109,7 +91,7 @@ def check_ir_matches_planted(model, planted, bits: int, sym: bool) -> None:
             zp = np.full((n_out, n_groups), 2 ** (bits - 1))
             codes = codes + 2 ** (bits - 1)
         else:
-            zp = constant_values(consts[f"{name}/zero_point"]).reshape(n_out, n_groups)
+            zp = constant_codes(consts[f"{name}/zero_point"]).reshape(n_out, n_groups)
             assert np.array_equal(codes, p.codes[:, perm])
             assert np.array_equal(zp, p.zeros.T)
         # the IR's decompression (f16 Subtract then Multiply) against the checkpoint's own dequantization, bit for bit
