@@ -27,13 +27,13 @@ from .graph import (
     activation_source, adapter_input, add_lora_adapter, find_weight_sites, ops_by_name, read_weight, replace_with_compressed,
     topological_positions, write_rt_info,
 )
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize_layers
 from .lora_correction import fit_lora
 from .lowering import dequantize, quantize
 from .planning import LayerPlan, plan_layers
 from .scale_estimation import estimate_scales
 from .sensitivity import sensitivity_function
-from .statistics import collect_hessians, collect_statistics
+from .statistics import LayerwiseHessians, collect_statistics
 
 logger = logging.getLogger("optimum_wc")
 
@@ -137,7 +137,9 @@ def _compress_sequentially(model, plans, records, config: WeightCompressionConfi
     The layers are grouped by their activation input, in topological order;
     each pass over the calibration samples collects ``X^T X`` for the next
     :data:`SOURCES_PER_PASS` inputs on the current (partially compressed)
-    model, then compresses their layers.  Only one pass's Hessians are held.
+    model, then compresses their layers.  Only one pass's Hessians are held;
+    each pass runs from where the previous one stopped
+    (:class:`optimum_wc.statistics.LayerwiseHessians`).
     """
     nodes = ops_by_name(model)
     position = topological_positions(model)
@@ -150,26 +152,40 @@ def _compress_sequentially(model, plans, records, config: WeightCompressionConfi
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(plans), desc="GPTQ" if config.gptq else "LoRA correction", unit="layer")
-    for start in range(0, len(order), SOURCES_PER_PASS):
-        batch = order[start : start + SOURCES_PER_PASS]
-        hessians = collect_hessians(model, batch, samples)
+    passes = [order[start : start + SOURCES_PER_PASS] for start in range(0, len(order), SOURCES_PER_PASS)]
+    layerwise = LayerwiseHessians(model, passes, samples)
+    for j, batch in enumerate(passes):
+        hessians = layerwise.collect(j)
         for key in batch:
             h = hessians[key].hessian
-            for p, record in groups[key]:
-                _compress_with_hessian(p, record, config, stats, h, nodes)
-                if bar is not None:
-                    bar.update(1)
+            for members in _same_grid(groups[key]):
+                cws = None
+                if config.gptq:  # layers reading one input share one GPTQ run (rows are independent)
+                    cws = gptq_quantize_layers([read_weight(p.site) for p, _ in members],
+                                               [p.site.reduction_axis for p, _ in members], h, members[0][0].mode,
+                                               members[0][0].group_size, scale_estimation=config.scale_estimation)
+                for i, (p, record) in enumerate(members):
+                    _compress_with_hessian(p, record, config, stats, h, nodes, None if cws is None else cws[i])
+                    if bar is not None:
+                        bar.update(1)
+                del cws
         del hessians
     if bar is not None:
         bar.close()
 
 
-def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompressionConfig, stats, h, nodes) -> None:
-    """One layer of :func:`_compress_sequentially`: GPTQ (or RTN / scale estimation), then the LoRA adapter if asked."""
+def _same_grid(members: list) -> list[list]:
+    """``(plan, record)`` pairs split by (mode, group size), in first-seen order."""
+    by_grid: dict[tuple, list] = {}
+    for p, record in members:
+        by_grid.setdefault((p.mode, p.group_size), []).append((p, record))
+    return list(by_grid.values())
+
+
+def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompressionConfig, stats, h, nodes, cw=None) -> None:
+    """One layer of :func:`_compress_sequentially`: ``cw`` (GPTQ's result) or RTN / scale estimation, then the LoRA adapter if asked."""
     weight = read_weight(p.site)
-    if config.gptq:
-        cw = gptq_quantize(weight, h, p.mode, p.group_size, p.site.reduction_axis, scale_estimation=config.scale_estimation)
-    else:
+    if cw is None:
         cw = _compress_layer(p, config, stats)
     record["relative_error"] = round(cw.relative_error, 6)
     adapter, inputs = None, []

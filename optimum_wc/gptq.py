@@ -33,6 +33,9 @@ never worse than plain GPTQ on the calibration inputs.
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
 
 from .config import CompressWeightsMode
@@ -40,6 +43,7 @@ from .lowering import CompressedWeight, asymmetric_params, levels, symmetric_sca
 
 PERCDAMP = 0.01
 BLOCK_SIZE = 128
+SUB_BLOCK = 32  # columns whose rank-1 updates are applied one by one; the rest of a block gets them as one product
 
 
 def _f16(v: np.ndarray) -> np.ndarray:
@@ -71,22 +75,26 @@ def dead_channels(hessian: np.ndarray) -> np.ndarray:
 def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + lambda I)^-1`` (``U^T U``), dead channels given ``H_jj = 1``.
 
+    With ``J`` the reversal permutation and ``L L^T = J (H + lambda I) J``,
+    ``U = J L^-1 J``: one Cholesky factorization and one triangular inverse.
     The damping is raised tenfold until ``H + lambda I`` is positive definite.
     """
+    from scipy.linalg import lapack
+
     h = np.array(hessian, dtype=np.float64)
     dead = dead_channels(h)
     h[dead, dead] = 1.0
     damp = percdamp * float(np.mean(np.diag(h)))
     idx = np.arange(h.shape[0])
     for _ in range(8):
-        hd = h.copy()
+        hd = h[::-1, ::-1].copy()
         hd[idx, idx] += damp
-        try:
-            inv = np.linalg.inv(np.linalg.cholesky(hd))
-            hinv = inv.T @ inv
-            return np.linalg.cholesky((hinv + hinv.T) / 2).T
-        except np.linalg.LinAlgError:
-            damp = damp * 10 if damp > 0 else 1e-8
+        lower, info = lapack.dpotrf(hd, lower=1, clean=1)
+        if info == 0:
+            inv, info = lapack.dtrtri(lower, lower=1)
+            if info == 0:
+                return np.ascontiguousarray(inv[::-1, ::-1])
+        damp = damp * 10 if damp > 0 else 1e-8
     raise np.linalg.LinAlgError("the layer Hessian stays singular even with strong damping")
 
 
@@ -112,24 +120,28 @@ def gptq_codes(
             zps[:, 0] = zp
     else:  # blocks made of whole groups: a group's current weights are all in the block being processed
         block = gs * max(1, block_size // gs)
+    sub = math.gcd(SUB_BLOCK, block)
     for i1 in range(0, in_ch, block):
         i2 = min(i1 + block, in_ch)
         w1 = w[:, i1:i2].copy()
         err = np.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if group_size != -1 and col % gs == 0:
-                scale, zp = group_params(w1[:, i : i + gs], mode)
-                scales[:, col // gs] = scale
-                if zps is not None:
-                    zps[:, col // gs] = zp
-            q = quantize_column(w1[:, i], scale, zp, mode)
-            codes[:, col] = q
-            deq = (q - zp if zp is not None else q) * scale
-            e = (w1[:, i] - deq) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err[:, i] = e
+        for j1 in range(0, i2 - i1, sub):  # rank-1 updates stay inside a small sub-block (cache-sized)
+            j2 = min(j1 + sub, i2 - i1)
+            for i in range(j1, j2):
+                col = i1 + i
+                if group_size != -1 and col % gs == 0:  # sub divides gs: the group's columns are all current
+                    scale, zp = group_params(w1[:, i : i + gs], mode)
+                    scales[:, col // gs] = scale
+                    if zps is not None:
+                        zps[:, col // gs] = zp
+                q = quantize_column(w1[:, i], scale, zp, mode)
+                codes[:, col] = q
+                deq = (q - zp if zp is not None else q) * scale
+                e = (w1[:, i] - deq) / u1[i, i]
+                w1[:, i + 1 : j2] -= np.outer(e, u1[i, i + 1 : j2])
+                err[:, i] = e
+            w1[:, j2:] -= err[:, j1:j2] @ u1[j1:j2, j2:]
         w[:, i2:] -= err @ u[i1:i2, i2:]
     return codes, scales, zps
 
@@ -161,35 +173,59 @@ def refit_scales(w: np.ndarray, qz: np.ndarray, scales: np.ndarray, hessian: np.
     return np.where(ok[:, None], fit, scales).astype(np.float32)
 
 
-def gptq_quantize(
-    weight: np.ndarray,
+def gptq_quantize_layers(
+    weights: Sequence[np.ndarray],
+    axes: Sequence[int],
     hessian: np.ndarray,
     mode: CompressWeightsMode,
     group_size: int,
-    axis: int,
     *,
     scale_estimation: bool = False,
     percdamp: float = PERCDAMP,
     block_size: int = BLOCK_SIZE,
-) -> CompressedWeight:
-    """GPTQ compression of a 2-D ``weight`` reduced along ``axis`` with the layer Hessian ``H [in, in]``."""
+) -> list[CompressedWeight]:
+    """GPTQ compression of 2-D weights that read the same input (Hessian ``H [in, in]``), each reduced along its axis.
+
+    GPTQ treats the rows of ``[out, in]`` independently, so the layers are
+    stacked along their rows and quantized in one column loop with one
+    inverse-Hessian factor; the result equals quantizing each alone.
+    """
     if mode.num_bits != 4:
         raise ValueError(f"GPTQ is a 4-bit algorithm, not for {mode.value}")
-    w0 = np.asarray(weight, dtype=np.float32)
-    transposed = (axis % 2) == 0
-    w2 = w0.T if transposed else w0
-    out_ch, in_ch = w2.shape
+    rows = []
+    for weight, axis in zip(weights, axes):
+        w0 = np.asarray(weight, dtype=np.float32)
+        if w0.ndim != 2:
+            raise ValueError(f"GPTQ needs 2-D weights, got shape {w0.shape}")
+        rows.append(w0.T if axis % 2 == 0 else w0)
+    in_ch = rows[0].shape[1]
+    if any(r.shape[1] != in_ch for r in rows):
+        raise ValueError("layers quantized together must have the same number of input channels")
     gs = in_ch if group_size == -1 else group_size
     if in_ch % gs:
         raise ValueError(f"channel size {in_ch} is not divisible by group size {gs}")
     h = np.asarray(hessian, dtype=np.float64)
+    w2 = np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
     w = np.array(w2, dtype=np.float64)
     w[:, dead_channels(h)] = 0.0
     codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size)
-    ng = in_ch // gs
     qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     if scale_estimation:
         scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)
+    out, offset = [], 0
+    for weight, axis, r in zip(weights, axes, rows):
+        part = slice(offset, offset + r.shape[0])
+        offset += r.shape[0]
+        out.append(_compressed(r, codes[part], qz[part], scales[part], None if zps is None else zps[part],
+                               mode, group_size, transposed=axis % 2 == 0, shape=tuple(np.shape(weight))))
+    return out
+
+
+def _compressed(w2, codes, qz, scales, zps, mode, group_size, transposed: bool, shape) -> CompressedWeight:
+    """A :class:`CompressedWeight` in the grouped layout of a weight of ``shape`` from ``[out, in]`` results."""
+    out_ch, in_ch = w2.shape
+    gs = in_ch if group_size == -1 else group_size
+    ng = in_ch // gs
     deq = (np.repeat(scales.astype(np.float64), gs, axis=1) * qz).astype(np.float32)
     code_type = np.uint8 if mode.is_asym else np.int8
     if group_size == -1:
@@ -203,4 +239,20 @@ def gptq_quantize(
         codes_l, scale_l, zero_l = move(codes_l), move(scale_l), move(zero_l)
     diff = deq - w2
     return CompressedWeight(codes_l, np.ascontiguousarray(scale_l, dtype=np.float32), zero_l, mode, group_size,
-                            tuple(w0.shape), float(np.vdot(diff, diff)), float(np.vdot(w2, w2)))
+                            tuple(shape), float(np.vdot(diff, diff)), float(np.vdot(w2, w2)))
+
+
+def gptq_quantize(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    mode: CompressWeightsMode,
+    group_size: int,
+    axis: int,
+    *,
+    scale_estimation: bool = False,
+    percdamp: float = PERCDAMP,
+    block_size: int = BLOCK_SIZE,
+) -> CompressedWeight:
+    """GPTQ compression of one 2-D ``weight`` reduced along ``axis`` with the layer Hessian ``H [in, in]``."""
+    return gptq_quantize_layers([weight], [axis], hessian, mode, group_size, scale_estimation=scale_estimation,
+                                percdamp=percdamp, block_size=block_size)[0]

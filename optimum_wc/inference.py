@@ -69,3 +69,30 @@ class StatefulRunner:
             out.append(step)
         full = np.concatenate(out, axis=1)
         return [row.copy() for row in full]
+
+
+class StatisticsRunner:
+    """Compile a statistics model (:func:`optimum_wc.graph.statistics_model`) and run it on token batches.
+
+    ``precision`` None keeps the CPU plugin's default inference precision
+    (bf16 where the CPU has it, as NNCF's statistics passes run); the
+    reductions themselves run in float32.
+    """
+
+    def __init__(self, ov_model: Any, precision: str | None = None):
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        self.compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = {name for port in self.compiled.inputs for name in port.get_names()}
+        self.stateful = bool(self.request.query_state())
+
+    def run(self, ids: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Outputs (in model order) for ``ids`` [batch, tokens] from an empty cache."""
+        if self.stateful:
+            self.request.reset_state()
+        feed = stateful_inputs(np.asarray(ids, dtype=np.int64), 0, self.input_names)
+        feed.update({k: v for k, v in (extra or {}).items() if k in self.input_names})
+        results = self.request.infer(feed)
+        return [np.array(results[port]) for port in self.compiled.outputs]

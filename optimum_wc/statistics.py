@@ -1,32 +1,50 @@
-"""Activation statistics of every weighted MatMul's input, reduced on the fly.
+"""Activation statistics of every weighted MatMul's input, reduced inside the graph.
 
-The float IR is run once per calibration sample (fresh KV state each time)
-with the MatMul inputs added as extra outputs.  Each input tensor
-``X [tokens, C]`` is folded into running per-channel sums at once, so memory
-does not grow with samples x sequence length.  Algorithms that need raw rows
-(AWQ, scale estimation) get a bounded, deterministic subsample: at most
-``raw_rows`` rows per input in all, spread evenly over the samples.
+Objective: give the data-aware algorithms what they need of each layer input
+``X`` (over all calibration tokens) at the cost of one forward pass, with
+memory that does not grow with samples x sequence length.
+
+The float IR is turned into a *statistics model* (:func:`optimum_wc.graph.
+statistics_model`): its logits and KV-cache state are dropped and every
+MatMul input is reduced in the graph, in float32, to per-sample channel sums
+(``sum x``, ``sum x^2``, ``sum |x|``, ``max |x|``), optionally the block
+diagonal of ``X^T X`` (scale estimation) and a bounded, deterministic row
+subsample (AWQ; at most ``raw_rows`` rows per input in all, at token
+positions drawn uniformly per batch).  Samples of equal length are batched.
+The network itself runs at the CPU plugin's default inference precision, as
+NNCF's statistics passes do.
+
+:class:`LayerwiseHessians` collects ``X^T X`` for GPTQ and LoRA correction
+pass by pass on the partially compressed model; each pass starts from the
+cached value of the previous pass's boundary tensor (the residual stream),
+so the whole run costs about two forward passes, not one per pass.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import WeightSite, activation_source, ops_by_name
+from .graph import (
+    BOUNDARY_INPUT, ROWS_INPUT, Probe, WeightSite, activation_channels, activation_source, ops_by_name, pass_boundaries,
+    statistics_model,
+)
 
 logger = logging.getLogger("optimum_wc")
+
+BATCH_TOKENS = 1024  # samples of equal length are run together, up to this many tokens per call
+PRECISION: str | None = None  # inference precision of statistics passes; None: the CPU plugin's default
 
 
 @dataclass
 class ActivationStats:
-    """Running statistics of one activation tensor (the input of one or more MatMuls)."""
+    """Statistics of one activation tensor (the input of one or more MatMuls) over all calibration tokens."""
 
     channels: int
     n_tokens: int = 0
@@ -38,7 +56,7 @@ class ActivationStats:
     sample_max_var: list = field(default_factory=list)
     sample_mean_absmax: list = field(default_factory=list)
     raw: list = field(default_factory=list)  # row blocks of the subsample
-    gram_block: int = 0  # > 0: accumulate the block-diagonal of X^T X with blocks of this size
+    gram_block: int = 0  # > 0: the block-diagonal of X^T X with blocks of this size is collected
     gram: np.ndarray = None  # [C / gram_block, gram_block, gram_block], float64 sums
 
     def __post_init__(self) -> None:
@@ -51,29 +69,25 @@ class ActivationStats:
             b = self.gram_block
             self.gram = np.zeros((self.channels // b, b, b), dtype=np.float64)
 
-    def update(self, x: np.ndarray, raw_rows: int) -> None:
-        x = x.reshape(-1, self.channels).astype(np.float32, copy=False)
-        self.n_tokens += x.shape[0]
-        self.sum += x.sum(axis=0, dtype=np.float64)
-        sq = np.square(x, dtype=np.float32)
-        self.sum_sq += sq.sum(axis=0, dtype=np.float64)
-        ax = np.abs(x)
-        self.sum_abs += ax.sum(axis=0, dtype=np.float64)
-        np.maximum(self.max_abs, ax.max(axis=0), out=self.max_abs)
-        var = x.var(axis=0, dtype=np.float64)
-        self.sample_mean_var.append(float(var.mean()))
-        self.sample_max_var.append(float(var.max()))
-        self.sample_mean_absmax.append(float(ax.max(axis=0).mean()))
-        if self.gram is not None:
-            b = self.gram_block
-            for i in range(self.channels // b):
-                block = x[:, i * b : (i + 1) * b]
-                self.gram[i] += block.T @ block
-        if raw_rows > 0:
-            # positions drawn uniformly (seeded by the sample count so far): no bias towards the first token
-            rng = np.random.default_rng(len(self.sample_mean_var))
-            idx = np.sort(rng.choice(x.shape[0], size=min(raw_rows, x.shape[0]), replace=False))
-            self.raw.append(x[idx].copy())
+    def add_moments(self, moments: np.ndarray, tokens: int) -> None:
+        """Fold in per-sample sums ``[batch, 4, C]`` (sum, sum of squares, sum of magnitudes, max magnitude)."""
+        m = moments.astype(np.float64)
+        self.n_tokens += tokens * m.shape[0]
+        self.sum += m[:, 0].sum(axis=0)
+        self.sum_sq += m[:, 1].sum(axis=0)
+        self.sum_abs += m[:, 2].sum(axis=0)
+        np.maximum(self.max_abs, moments[:, 3].max(axis=0).astype(np.float32), out=self.max_abs)
+        mean = m[:, 0] / tokens
+        var = np.maximum(m[:, 1] / tokens - mean * mean, 0.0)  # per sample, per channel (population variance)
+        self.sample_mean_var.extend(float(v) for v in var.mean(axis=1))
+        self.sample_max_var.extend(float(v) for v in var.max(axis=1))
+        self.sample_mean_absmax.extend(float(v) for v in m[:, 3].mean(axis=1))
+
+    def add_gram(self, gram: np.ndarray) -> None:
+        self.gram += gram
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        self.raw.append(np.ascontiguousarray(rows.reshape(-1, self.channels), dtype=np.float32))
 
     @property
     def mean(self) -> np.ndarray:
@@ -104,6 +118,28 @@ class ActivationStats:
         return np.concatenate(self.raw, axis=0) if self.raw else np.zeros((0, self.channels), np.float32)
 
 
+def sample_batches(samples: Sequence[np.ndarray], batch_tokens: int = BATCH_TOKENS) -> list[list[int]]:
+    """Indices of ``samples`` grouped into batches of equal length (first-seen length order, then sample order)."""
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(samples):
+        by_length.setdefault(len(ids), []).append(i)
+    batches = []
+    for length, members in by_length.items():
+        size = max(1, batch_tokens // max(length, 1))
+        batches.extend(members[i : i + size] for i in range(0, len(members), size))
+    return batches
+
+
+def _stack(samples: Sequence[np.ndarray], batch: list[int]) -> np.ndarray:
+    return np.stack([np.asarray(samples[i], dtype=np.int64) for i in batch])
+
+
+def _row_positions(length: int, k: int, seed: int) -> np.ndarray:
+    """``k`` token positions of a ``length``-token batch, drawn uniformly without replacement (sorted)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(length, size=min(k, length), replace=False)).astype(np.int64)
+
+
 def collect_statistics(
     ov_model,
     sites: Sequence[WeightSite],
@@ -112,60 +148,73 @@ def collect_statistics(
     progress: bool = False,
     cache_path: str | Path | None = None,
     gram_block: int = 0,
+    precision: str | None = None,
 ) -> dict[str, ActivationStats]:
-    """Statistics of each MatMul site's input, keyed by site name (sites sharing an input share the object)."""
+    """Statistics of each MatMul site's input, keyed by site name (sites sharing an input share the object).
+
+    ``raw_rows``: rows of raw activations kept per input in all (0: none);
+    ``gram_block``: collect the block diagonal of ``X^T X`` with blocks of
+    ``gcd(C, gram_block)`` channels (0: no); ``precision``: inference
+    precision of the pass (default :data:`PRECISION`).
+    """
+    precision = precision if precision is not None else PRECISION
     matmuls = [s for s in sites if s.kind == "matmul"]
     nodes = ops_by_name(ov_model)
     key_of = {s.name: activation_source(nodes[s.op_names[0]]) for s in matmuls}
+    keys = list(dict.fromkeys(key_of.values()))
     if cache_path is not None:
-        cached = _load(cache_path, key_of, samples, raw_rows, gram_block)
+        cached = _load(cache_path, key_of, samples, raw_rows, gram_block, precision)
         if cached is not None:
             return cached
-    from .inference import StatefulRunner
+    from . import inference
 
-    stats_model = ov_model.clone()
-    by_name = {op.get_friendly_name(): op for op in stats_model.get_ops()}
-    keys = list(dict.fromkeys(key_of.values()))
-    outputs = stats_model.add_outputs([by_name[node].output(index) for node, index in keys])
-    n_base = len(stats_model.outputs) - len(outputs)
-    runner = StatefulRunner(stats_model)
-    ports = {key: runner.compiled.outputs[n_base + i] for i, key in enumerate(keys)}
+    channels = {key: activation_channels(ov_model, key) for key in keys}
+    blocks = {key: math.gcd(channels[key], gram_block) if gram_block else 0 for key in keys}
+    probes = [Probe(key, moments=True, gram_block=blocks[key], rows=raw_rows > 0) for key in keys]
+    stats_model, layout = statistics_model(ov_model, probes)
+    runner = inference.StatisticsRunner(stats_model, precision)
+    del stats_model
+    stats = {key: ActivationStats(channels=channels[key], gram_block=blocks[key]) for key in keys}
     per_sample_rows = max(1, raw_rows // max(len(samples), 1)) if raw_rows else 0
-    stats: dict[Any, ActivationStats] = {}
-    iterator = samples
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(samples, desc="Collecting statistics", unit="sample")
-    for ids in iterator:
-        results = runner.run(ids)
-        for key, port in ports.items():
-            x = results[port]
-            if key not in stats:
-                channels = int(x.shape[-1])
-                block = math.gcd(channels, gram_block) if gram_block else 0
-                stats[key] = ActivationStats(channels=channels, gram_block=block)
-            stats[key].update(x, per_sample_rows)
-    del runner, stats_model
-    out = {name: stats[key] for name, key in key_of.items()}
+        bar = tqdm(total=len(samples), desc="Collecting statistics", unit="sample")
+    for number, batch in enumerate(sample_batches(samples)):
+        ids = _stack(samples, batch)
+        extra = {ROWS_INPUT: _row_positions(ids.shape[1], per_sample_rows, number)} if raw_rows else None
+        outputs = runner.run(ids, extra)
+        for key in keys:
+            st = stats[key]
+            st.add_moments(outputs[layout[(key, "moments")]], ids.shape[1])
+            if st.gram_block:
+                st.add_gram(outputs[layout[(key, "gram")]])
+            if raw_rows:
+                st.add_rows(outputs[layout[(key, "rows")]])
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    del runner
     if cache_path is not None:
-        _save(cache_path, key_of, stats, samples, raw_rows, gram_block)
-    return out
+        _save(cache_path, key_of, stats, samples, raw_rows, gram_block, precision)
+    return {name: stats[key] for name, key in key_of.items()}
 
 
-def _fingerprint(key_of: dict, samples: Sequence[np.ndarray], raw_rows: int, gram_block: int) -> str:
+def _fingerprint(key_of: dict, samples: Sequence[np.ndarray], raw_rows: int, gram_block: int, precision) -> str:
     h = hashlib.sha256()
     for name in sorted(key_of):
         h.update(f"{name}={key_of[name]};".encode())
     for ids in samples:
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
         h.update(b"|")
-    h.update(f"{raw_rows}/{gram_block}".encode())
+    h.update(f"{raw_rows}/{gram_block}/{precision}/{BATCH_TOKENS}".encode())
     return h.hexdigest()
 
 
-def _save(path, key_of, stats, samples, raw_rows, gram_block) -> None:
-    arrays = {"fingerprint": np.array(_fingerprint(key_of, samples, raw_rows, gram_block))}
+def _save(path, key_of, stats, samples, raw_rows, gram_block, precision) -> None:
+    arrays = {"fingerprint": np.array(_fingerprint(key_of, samples, raw_rows, gram_block, precision))}
     for i, (key, st) in enumerate(stats.items()):
         arrays[f"{i}/key"] = np.array(f"{key[0]}:{key[1]}")
         for name in ("sum", "sum_sq", "sum_abs", "max_abs"):
@@ -182,12 +231,12 @@ def _save(path, key_of, stats, samples, raw_rows, gram_block) -> None:
     tmp.replace(path)
 
 
-def _load(path, key_of, samples, raw_rows, gram_block) -> dict[str, ActivationStats] | None:
+def _load(path, key_of, samples, raw_rows, gram_block, precision) -> dict[str, ActivationStats] | None:
     path = Path(path)
     if not path.is_file():
         return None
     data = np.load(path)
-    if str(data["fingerprint"]) != _fingerprint(key_of, samples, raw_rows, gram_block):
+    if str(data["fingerprint"]) != _fingerprint(key_of, samples, raw_rows, gram_block, precision):
         logger.info("Statistics cache %s was made for other data or another model; collecting anew.", path)
         return None
     stats = {}
@@ -224,10 +273,9 @@ class InputHessian:
         if self.xtx is None:
             self.xtx = np.zeros((self.channels, self.channels), dtype=np.float64)
 
-    def update(self, x: np.ndarray) -> None:
-        x = x.reshape(-1, self.channels).astype(np.float64)
-        self.n_tokens += x.shape[0]
-        self.xtx += x.T @ x
+    def add(self, xtx: np.ndarray, tokens: int) -> None:
+        self.n_tokens += tokens
+        self.xtx += xtx
 
     @property
     def hessian(self) -> np.ndarray:
@@ -235,27 +283,52 @@ class InputHessian:
         return self.xtx * (2.0 / max(self.n_tokens, 1))
 
 
-def collect_hessians(
-    ov_model, sources: Sequence[tuple[str, int]], samples: Sequence[np.ndarray]
-) -> dict[tuple[str, int], InputHessian]:
-    """``X^T X`` of each activation ``sources`` names ((producer, output index)), from one pass over ``samples``.
+class LayerwiseHessians:
+    """``X^T X`` of each pass's activations, pass after pass, on the model as it is being compressed.
 
-    The model is run as it is now (a clone with the activations added as
-    outputs), so weights compressed earlier shape the inputs seen here.
+    ``passes`` lists the activation sources of each pass in topological
+    order.  :meth:`collect` must be called for pass 0, 1, ... in turn, after
+    the layers of the previous pass were compressed in ``model``: pass ``j``
+    runs from the cached value of boundary ``j - 1`` (computed by pass
+    ``j - 1`` with all earlier layers already compressed, see
+    :func:`optimum_wc.graph.pass_boundaries`) to its own sources, so the
+    inputs it sees are exactly those of the partially compressed model.
     """
-    from .inference import StatefulRunner
 
-    model = ov_model.clone()
-    by_name = ops_by_name(model)
-    keys = list(dict.fromkeys(sources))
-    added = model.add_outputs([by_name[node].output(index) for node, index in keys])
-    n_base = len(model.outputs) - len(added)
-    runner = StatefulRunner(model)
-    ports = {key: runner.compiled.outputs[n_base + i] for i, key in enumerate(keys)}
-    out: dict[tuple[str, int], InputHessian] = {}
-    for ids in samples:
-        results = runner.run(ids)
-        for key, port in ports.items():
-            x = results[port]
-            out.setdefault(key, InputHessian(int(x.shape[-1]))).update(x)
-    return out
+    def __init__(self, model, passes: Sequence[Sequence[tuple[str, int]]], samples: Sequence[np.ndarray],
+                 precision: str | None = None):
+        self.model = model
+        self.passes = [list(p) for p in passes]
+        self.samples = samples
+        self.precision = precision if precision is not None else PRECISION
+        self.batches = sample_batches(samples)
+        self.boundaries = pass_boundaries(model, self.passes)
+        self._cached: list[np.ndarray] | None = None  # boundary values of the previous pass, per batch
+        self._next = 0
+        used = sum(b is not None for b in self.boundaries)
+        logger.info("GPTQ/LoRA passes: %d, %d of them start from the previous pass's boundary.", len(self.passes), used)
+
+    def collect(self, j: int) -> dict[tuple[str, int], InputHessian]:
+        if j != self._next:
+            raise RuntimeError(f"passes run in order: expected pass {self._next}, got {j}")
+        self._next += 1
+        from . import inference
+
+        start = self.boundaries[j - 1] if j > 0 and self._cached is not None else None
+        end = self.boundaries[j]
+        probes = [Probe(source, xtx=True) for source in self.passes[j]]
+        model, layout = statistics_model(self.model, probes, boundary_in=start, boundary_out=end)
+        runner = inference.StatisticsRunner(model, self.precision)
+        del model
+        out = {source: InputHessian(activation_channels(self.model, source)) for source in self.passes[j]}
+        cached: list[np.ndarray] = []
+        for number, batch in enumerate(self.batches):
+            ids = _stack(self.samples, batch)
+            extra = {BOUNDARY_INPUT: self._cached[number]} if start is not None else None
+            outputs = runner.run(ids, extra)
+            for source in self.passes[j]:
+                out[source].add(outputs[layout[(source, "xtx")]], ids.size)
+            if end is not None:
+                cached.append(outputs[layout[("boundary", "boundary")]])
+        self._cached = cached if end is not None else None
+        return out

@@ -143,7 +143,7 @@ def test_statistics_match_a_direct_computation(llama_ir, tokenizer, read_ir):
     model = read_ir(llama_ir)
     samples = prepare_samples(CALIB, tokenizer, 3, 16)
     sites = find_weight_sites(model)[0]
-    stats = collect_statistics(model, sites, samples, raw_rows=48)
+    stats = collect_statistics(model, sites, samples, raw_rows=48, precision="f32")
     q = next(s for s in sites if "layers.0.self_attn.q_proj" in s.op_names[0])
     k = next(s for s in sites if "layers.0.self_attn.k_proj" in s.op_names[0])
     assert stats[q.name] is stats[k.name]  # q/k/v share one input
@@ -158,7 +158,7 @@ def test_block_grams_equal_direct_gram_of_all_tokens(llama_ir, tokenizer, read_i
     model = read_ir(llama_ir)
     samples = prepare_samples(CALIB, tokenizer, 2, 16)
     sites = find_weight_sites(model)[0]
-    stats = collect_statistics(model, sites, samples, raw_rows=32, gram_block=128)
+    stats = collect_statistics(model, sites, samples, raw_rows=32, gram_block=128, precision="f32")
     st = stats[sites[1].name]  # 64 channels: one block of 64
     x = st.rows.astype(np.float64)  # all 32 tokens were kept
     direct = (x.T @ x / 32).reshape(2, 32, 2, 32)
@@ -176,7 +176,7 @@ def test_statistics_cache_is_reused(llama_ir, tokenizer, read_ir, tmp_path, monk
     first = collect_statistics(model, sites, samples, cache_path=tmp_path / "stats.npz")
     import optimum_wc.inference as inference
 
-    monkeypatch.setattr(inference, "StatefulRunner", lambda *a, **k: pytest.fail("statistics were recomputed"))
+    monkeypatch.setattr(inference, "StatisticsRunner", lambda *a, **k: pytest.fail("statistics were recomputed"))
     again = collect_statistics(model, sites, samples, cache_path=tmp_path / "stats.npz")
     name = sites[1].name
     assert np.allclose(first[name].mean_abs, again[name].mean_abs) and np.array_equal(first[name].rows, again[name].rows)

@@ -12,7 +12,7 @@ from conftest import CALIBRATION_TEXT, run_logits
 from test_data_aware import output_error, outlier_layer
 from optimum_wc import WeightCompressionConfig, compress_model
 from optimum_wc.config import CompressWeightsMode as M
-from optimum_wc.graph import read_rt_info
+from optimum_wc.graph import read_rt_info, read_weight
 from optimum_wc.gptq import gptq_quantize
 from optimum_wc.lora_correction import fit_lora
 from optimum_wc.lowering import asymmetric_params, dequantize, levels, quantize, symmetric_scale
@@ -187,3 +187,59 @@ def test_gptq_same_data_same_bytes(llama_ir, tokenizer, read_ir, tmp_path):
     for i in range(2):
         ov.save_model(compress_model(read_ir(llama_ir), config, tokenizer=tokenizer), tmp_path / f"m{i}.xml")
     assert (tmp_path / "m0.bin").read_bytes() == (tmp_path / "m1.bin").read_bytes()
+
+
+# -- layer-wise passes: each starts from the previous pass's boundary --------------------------
+
+
+def _passes(model, per_pass: int = 4):
+    from optimum_wc.graph import activation_source, find_weight_sites, ops_by_name, topological_positions
+
+    nodes, position = ops_by_name(model), topological_positions(model)
+    sites = [s for s in find_weight_sites(model)[0] if s.kind == "matmul" and "lm_head" not in s.op_names[0]]
+    keys = sorted(dict.fromkeys(activation_source(nodes[s.op_names[0]]) for s in sites), key=lambda k: position[k[0]])
+    return sites, [keys[i : i + per_pass] for i in range(0, len(keys), per_pass)]
+
+
+@pytest.mark.parametrize("fixture", ["llama_ir", "gpt2_ir"])
+def test_layerwise_passes_see_the_partially_compressed_model(fixture, request, read_ir, tokenizer):
+    """Pass j, run from boundary j - 1 only, gives the X^T X of a full run of the model compressed so far."""
+    from optimum_wc.graph import activation_source, ops_by_name, replace_with_compressed, statistics_model, Probe
+    from optimum_wc.inference import StatisticsRunner
+    from optimum_wc.statistics import LayerwiseHessians
+
+    model = read_ir(request.getfixturevalue(fixture))
+    sites, passes = _passes(model)
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(3, 500, size=12) for _ in range(3)] + [rng.integers(3, 500, size=7)]
+    layerwise = LayerwiseHessians(model, passes, samples, precision="f32")
+    assert all(b is not None for b in layerwise.boundaries[:-1]) and layerwise.boundaries[-1] is None
+    nodes = ops_by_name(model)
+    source_of = {site.name: activation_source(nodes[site.op_names[0]]) for site in sites}
+    for j, sources in enumerate(passes):
+        got = layerwise.collect(j)
+        full, layout = statistics_model(model, [Probe(s, xtx=True) for s in sources])
+        runner = StatisticsRunner(full, "f32")
+        for s in sources:
+            ref = sum(runner.run(ids[None])[layout[(s, "xtx")]] for ids in samples)
+            assert got[s].n_tokens == sum(len(ids) for ids in samples)
+            assert np.allclose(got[s].xtx, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        for site in sites:  # compress this pass's layers before the next pass, as GPTQ does
+            if source_of[site.name] in sources:
+                replace_with_compressed(site, quantize(read_weight(site), M.INT4_ASYM, 16, site.reduction_axis))
+    with pytest.raises(RuntimeError, match="in order"):
+        layerwise.collect(0)
+
+
+def test_layers_sharing_an_input_are_quantized_as_if_alone():
+    from optimum_wc.gptq import gptq_quantize_layers
+
+    w, x = correlated_layer(3)
+    h = hessian(x)
+    other = np.random.default_rng(4).standard_normal((16, 64)).astype(np.float32) * 0.1
+    together = gptq_quantize_layers([w, other.T.copy()], [1, 0], h, M.INT4_ASYM, 32, scale_estimation=True)
+    for cw, (weight, axis) in zip(together, [(w, 1), (other.T.copy(), 0)]):
+        alone = gptq_quantize(weight, h, M.INT4_ASYM, 32, axis, scale_estimation=True)
+        assert cw.codes.shape == alone.codes.shape and np.array_equal(cw.codes, alone.codes)
+        assert np.allclose(cw.scale, alone.scale, rtol=1e-3) and np.array_equal(cw.zero_point, alone.zero_point)
+        assert np.allclose(dequantize(cw), dequantize(alone), rtol=1e-3, atol=1e-6)
