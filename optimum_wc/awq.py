@@ -23,12 +23,13 @@ import numpy as np
 
 from . import graph
 from .config import CompressWeightsMode
-from .lowering import dequantize, quantize
+from .lowering import quantize_dequantize
 
 logger = logging.getLogger("optimum_wc")
 
 ALPHAS = tuple(round(0.1 * i, 2) for i in range(11))
-SEARCH_ROWS = 256
+SEARCH_ROWS = 256  # calibration rows (tokens) of the search
+SEARCH_OUT_ROWS = 384  # weight rows of the search, spread over the group's layers: the loss is a sum over rows
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ def awq_loss(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: np.nd
     """``sum_l || (Q(W_l s) / s - W_l) X^T ||^2 / N`` for [out, C] weights and ``x [N, C]``."""
     total = 0.0
     for w, group_size in zip(weights, group_sizes):
-        scaled = w * s
-        deq = dequantize(quantize(scaled, mode, group_size, axis=1)) / s
+        deq = quantize_dequantize(w * s, mode, group_size, axis=1) / s
         diff = x @ (deq - w).T
         total += float(np.vdot(diff, diff))
     return total / max(x.shape[0], 1)
@@ -70,6 +70,7 @@ def search_scales(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: 
                   mode: CompressWeightsMode) -> tuple[np.ndarray, float, float]:
     """Best scales over :data:`ALPHAS`; returns (s, alpha, relative loss vs RTN)."""
     rows = x if x.shape[0] <= SEARCH_ROWS else x[np.linspace(0, x.shape[0] - 1, SEARCH_ROWS).astype(np.int64)]
+    weights = search_rows(weights)
     best = (np.ones_like(mean_abs, dtype=np.float32), 0.0, None)
     base = None
     for alpha in ALPHAS:
@@ -80,6 +81,23 @@ def search_scales(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: 
         if best[2] is None or loss < best[2]:
             best = (s, alpha, loss)
     return best[0], best[1], (best[2] / base if base else 1.0)
+
+
+def search_rows(weights: Sequence[np.ndarray], budget: int = SEARCH_OUT_ROWS) -> list[np.ndarray]:
+    """Evenly spaced rows of each ``[out, C]`` weight, about ``budget`` in all (each layer in proportion to its rows).
+
+    Rows are quantized independently, so the loss on these rows is an
+    unbiased estimate (up to a constant factor) of the loss on all of them;
+    the search only compares losses between alphas.
+    """
+    total = sum(w.shape[0] for w in weights)
+    if total <= budget:
+        return list(weights)
+    out = []
+    for w in weights:
+        k = max(1, round(budget * w.shape[0] / total))
+        out.append(w[np.linspace(0, w.shape[0] - 1, k).astype(np.int64)])
+    return out
 
 
 def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:

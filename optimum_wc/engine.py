@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from typing import Any, Sequence
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .config import WeightCompressionConfig
 from .errors import NotYetSupportedError
@@ -42,6 +43,8 @@ __all__ = ["compress_model", "bitwidth_table"]
 
 GRAM_BLOCK = 128  # scale estimation: exact group Grams for group sizes dividing gcd(channels, 128)
 IMPLEMENTED_DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction", "sensitivity_metric=")
+LAYERS_AHEAD = 2  # layers whose maths runs on the thread pool while the graph is edited
+_LAYER_POOL: ThreadPoolExecutor | None = None
 SOURCES_PER_PASS = 4  # GPTQ / LoRA correction: activations (layer inputs) whose Hessians one calibration pass collects
 
 
@@ -105,18 +108,22 @@ def compress_model(
     records = [_layer_record(p) for p in plans]
     sequential = [p for p in plans if _is_sequential(p, config)]
     later = {id(p) for p in sequential}
-    iterator = [(p, r) for p, r in zip(plans, records) if id(p) not in later]
+    todo = [(p, r) for p, r in zip(plans, records) if id(p) not in later and p.mode is not None]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="Compressing weights", unit="layer")
-    for p, record in iterator:
-        if p.mode is None:
-            continue
-        cw = _compress_layer(p, config, stats)
+        bar = tqdm(total=len(todo), desc="Compressing weights", unit="layer")
+    # weights are read and graph edits made here, in order; the maths of the next layers runs meanwhile
+    work = ((p, record, read_weight(p.site)) for p, record in todo)
+    for (p, record, _), cw in _in_order(lambda item: _compress_layer(item[0], config, stats, item[2]), work):
         record["relative_error"] = round(cw.relative_error, 6)
         replace_with_compressed(p.site, cw)
         del cw
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if sequential:
         by_plan = {id(p): r for p, r in zip(plans, records)}
         _compress_sequentially(ov_model, sequential, [by_plan[id(p)] for p in sequential], config, stats, samples, progress)
@@ -204,9 +211,30 @@ def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompression
             add_lora_adapter(matmul, x, adapter.a, adapter.b, p.site.name if i == 0 else f"{p.site.name}/{i}")
 
 
-def _compress_layer(p: LayerPlan, config: WeightCompressionConfig, stats) -> Any:
+def _in_order(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int = LAYERS_AHEAD) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` in the order of ``items``, with up to ``ahead`` calls running on a thread pool.
+
+    NumPy releases the GIL in its loops, so the maths of two layers overlaps;
+    results come back in order, so graph edits (done by the caller) stay
+    deterministic.  ``items`` is consumed lazily: at most ``ahead + 1`` are held.
+    """
+    global _LAYER_POOL
+    if _LAYER_POOL is None:
+        _LAYER_POOL = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="optimum-wc-layer")
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, _LAYER_POOL.submit(fn, item)))
+        if len(pending) > ahead:
+            head, future = pending.popleft()
+            yield head, future.result()
+    while pending:
+        head, future = pending.popleft()
+        yield head, future.result()
+
+
+def _compress_layer(p: LayerPlan, config: WeightCompressionConfig, stats, weight=None) -> Any:
     """Round-to-nearest, or scale estimation for primary-mode 2-D MatMul weights when asked."""
-    weight = read_weight(p.site)
+    weight = read_weight(p.site) if weight is None else weight
     use_se = (
         config.scale_estimation
         and p.mode is config.mode

@@ -521,9 +521,9 @@ def _as_sequences(x, channels: int):
     return ops.reshape(x, ops.constant(np.array([0, -1, channels], np.int64)), special_zero=True).output(0)
 
 
-def activation_channels(model, source: tuple[str, int]) -> int:
-    """The (static) channel count, last dimension, of the activation ``source``."""
-    out = ops_by_name(model)[source[0]].output(source[1])
+def activation_channels(nodes: dict[str, Any], source: tuple[str, int]) -> int:
+    """The (static) channel count, last dimension, of the activation ``source`` (``nodes``: :func:`ops_by_name`)."""
+    out = nodes[source[0]].output(source[1])
     last = out.get_partial_shape()[-1]
     if last.is_dynamic:
         raise ValueError(f"the input of the MatMuls fed by {source[0]} has a dynamic channel dimension")

@@ -170,6 +170,20 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm)
 
 
+def quantize_dequantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int) -> np.ndarray:
+    """``deq(Q(weight))`` in float32 with the formulas of :func:`quantize`, without keeping codes (for searches)."""
+    w, red = grouped(np.asarray(weight, dtype=np.float32), axis, group_size)
+    if mode.is_asym:
+        scale, zp = asymmetric_params(w, red, mode.num_bits)
+    else:
+        scale, zp = symmetric_scale(w, red, mode.num_bits), None
+    q = _rounded_levels(w, scale, zp, mode)
+    if zp is not None:
+        q -= zp.astype(np.float32)
+    q *= scale
+    return q.reshape(np.shape(weight))
+
+
 def dequantize(cw: CompressedWeight) -> np.ndarray:
     """``scale * (codes - zero_point)`` in float32, back in the original shape."""
     q = cw.codes.astype(np.float32)

@@ -168,7 +168,7 @@ def collect_statistics(
             return cached
     from . import inference
 
-    channels = {key: activation_channels(ov_model, key) for key in keys}
+    channels = {key: activation_channels(nodes, key) for key in keys}
     blocks = {key: math.gcd(channels[key], gram_block) if gram_block else 0 for key in keys}
     probes = [Probe(key, moments=True, gram_block=blocks[key], rows=raw_rows > 0) for key in keys]
     stats_model, layout = statistics_model(ov_model, probes)
@@ -320,7 +320,8 @@ class LayerwiseHessians:
         model, layout = statistics_model(self.model, probes, boundary_in=start, boundary_out=end)
         runner = inference.StatisticsRunner(model, self.precision)
         del model
-        out = {source: InputHessian(activation_channels(self.model, source)) for source in self.passes[j]}
+        nodes = ops_by_name(self.model)
+        out = {source: InputHessian(activation_channels(nodes, source)) for source in self.passes[j]}
         cached: list[np.ndarray] = []
         for number, batch in enumerate(self.batches):
             ids = _stack(self.samples, batch)

@@ -108,3 +108,11 @@ def test_pack_nibbles_round_trip(signed):
     if signed:
         unpacked = np.where(unpacked > 7, unpacked - 16, unpacked)
     assert np.array_equal(unpacked.reshape(values.shape), values.astype(np.int16))
+
+
+@pytest.mark.parametrize("mode, gs", [(M.INT4_ASYM, 32), (M.INT4_SYM, 16), (M.INT8_ASYM, -1), (M.INT8_SYM, -1)])
+def test_quantize_dequantize_equals_the_stored_path(mode, gs):
+    from optimum_wc.lowering import quantize_dequantize
+
+    w = np.random.default_rng(7).standard_normal((24, 64)).astype(np.float32)
+    assert np.array_equal(quantize_dequantize(w, mode, gs, 1), dequantize(quantize(w, mode, gs, 1)))
