@@ -239,7 +239,7 @@ def settings_text(args: argparse.Namespace, eval_text: Path, n_tokens: int, prop
     }
 
 
-def notes_text(args: argparse.Namespace) -> list[str]:
+def notes_text(args: argparse.Namespace, configs: Sequence[BenchConfig] = ()) -> list[str]:
     """Caveats printed under the tables."""
     notes = [
         "Speed and time figures come from a shared 2-core machine and vary by several percent between runs; "
@@ -247,6 +247,13 @@ def notes_text(args: argparse.Namespace) -> list[str]:
         "Where every layer is identical to NNCF's (last column, scales included), both rows run the same "
         "weights: any perplexity or speed difference between them is measurement noise.",
     ]
+    if any("awq" in c.data_aware for c in configs):
+        notes.append("AWQ (ours): a smoothing scale no producer op can absorb (o_proj's input, the attention output "
+                     "after a reshape) is inserted as a Multiply on the activation, as issue 5 prescribes; those "
+                     "small f16 constants are the size difference of AWQ rows (NNCF skips AWQ for such layers).")
+    if any(c.needs_data for c in configs):
+        notes.append("Statistics passes of both engines run at the CPU plugin's default inference precision "
+                     "(bf16 on this CPU); ours reduce the MatMul inputs inside the graph.")
     if args.smoke:
         notes.insert(0, "Smoke run: a tiny random Llama (hidden 64, 2 layers); its figures only show the "
                         "benchmark works, they say nothing about either engine.")
@@ -330,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{os.getloadavg()[0]:.1f} at the end (above the core count, other processes "
                             "competed for the CPU and speed/time figures are less reliable)",
         },
-        notes=notes_text(args),
+        notes=notes_text(args, configs),
     )
     args.out.write_text(markdown)
     (run_dir / "results.json").write_text(json.dumps(raw, indent=2, default=str))

@@ -118,14 +118,16 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:
         consumers = [nodes[n] for p in members for n in p.site.op_names]
         st = stats[members[0].site.name]
         x = st.rows
-        if x.shape[0] == 0:
+        absorber = next((a for a in ABSORBERS if a.matches(producer, consumers)), None)
+        if x.shape[0] == 0 or absorber is None:
+            records.append({"input": key[0], "layers": [p.site.name for p in members], "alpha": None,
+                            "absorbed_by": None, "note": "no calibration rows" if x.shape[0] == 0 else "no absorber"})
             continue
         weights = [_as_out_in(graph.read_weight(p.site), p.site.reduction_axis) for p in members]
         s, alpha, rel = search_scales(weights, [p.group_size for p in members], x, st.mean_abs, mode)
         if alpha == 0.0:
             records.append({"input": key[0], "layers": [p.site.name for p in members], "alpha": 0.0, "absorbed_by": None})
             continue
-        absorber = next(a for a in ABSORBERS if a.matches(producer, consumers))
         absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op})
         for p, w in zip(members, weights):
             graph.set_float_weight(p.site, _from_out_in(w * s, p.site.reduction_axis))

@@ -29,7 +29,7 @@ from .graph import (
     topological_positions, write_rt_info,
 )
 from .gptq import gptq_quantize_layers
-from .lora_correction import fit_lora
+from .lora_correction import fit_lora, whitened_factor
 from .lowering import dequantize, quantize
 from .planning import LayerPlan, plan_layers
 from .scale_estimation import estimate_scales
@@ -41,6 +41,7 @@ logger = logging.getLogger("optimum_wc")
 __all__ = ["compress_model", "bitwidth_table"]
 
 
+RAW_ROWS = 512  # AWQ / scale estimation: rows of raw activations kept per layer input
 GRAM_BLOCK = 128  # scale estimation: exact group Grams for group sizes dividing gcd(channels, 128)
 IMPLEMENTED_DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction", "sensitivity_metric=")
 LAYERS_AHEAD = 2  # layers whose maths runs on the thread pool while the graph is edited
@@ -90,8 +91,12 @@ def compress_model(
     if config.data_aware_options:
         samples = prepare_samples(data, tokenizer, config.subset_size, config.sample_length, ov_model=ov_model)
         logger.info("Calibrating on %d samples of up to %d tokens.", len(samples), config.sample_length)
-        stats = collect_statistics(ov_model, sites, samples, progress=progress, cache_path=statistics_path,
-                                   gram_block=GRAM_BLOCK if config.scale_estimation and not config.gptq else 0)
+        scale_estimation = config.scale_estimation and not config.gptq  # GPTQ refits scales on its own Hessians
+        sensitivity_needs_data = any(o.startswith("sensitivity_metric=") for o in config.data_aware_options)
+        if config.awq or scale_estimation or sensitivity_needs_data:  # GPTQ / LoRA alone need only their passes
+            stats = collect_statistics(ov_model, sites, samples, raw_rows=RAW_ROWS if config.awq or scale_estimation else 0,
+                                       progress=progress, cache_path=statistics_path,
+                                       gram_block=GRAM_BLOCK if scale_estimation else 0)
 
     sensitivity = sensitivity_function(config.effective_sensitivity_metric, stats)
     plans = plan_layers(sites, config, sensitivity)
@@ -165,6 +170,7 @@ def _compress_sequentially(model, plans, records, config: WeightCompressionConfi
         hessians = layerwise.collect(j)
         for key in batch:
             h = hessians[key].hessian
+            chol = whitened_factor(h) if config.lora_correction else None  # shared by the layers of this input
             for members in _same_grid(groups[key]):
                 cws = None
                 if config.gptq:  # layers reading one input share one GPTQ run (rows are independent)
@@ -172,7 +178,7 @@ def _compress_sequentially(model, plans, records, config: WeightCompressionConfi
                                                [p.site.reduction_axis for p, _ in members], h, members[0][0].mode,
                                                members[0][0].group_size, scale_estimation=config.scale_estimation)
                 for i, (p, record) in enumerate(members):
-                    _compress_with_hessian(p, record, config, stats, h, nodes, None if cws is None else cws[i])
+                    _compress_with_hessian(p, record, config, stats, h, nodes, None if cws is None else cws[i], chol)
                     if bar is not None:
                         bar.update(1)
                 del cws
@@ -189,7 +195,8 @@ def _same_grid(members: list) -> list[list]:
     return list(by_grid.values())
 
 
-def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompressionConfig, stats, h, nodes, cw=None) -> None:
+def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompressionConfig, stats, h, nodes, cw=None,
+                           chol=None) -> None:
     """One layer of :func:`_compress_sequentially`: ``cw`` (GPTQ's result) or RTN / scale estimation, then the LoRA adapter if asked."""
     weight = read_weight(p.site)
     if cw is None:
@@ -203,7 +210,7 @@ def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompression
             except ValueError as exc:
                 logger.info("No LoRA adapter for %s: %s", op_name, exc)
         out_in = lambda a: a.T if p.site.reduction_axis % 2 == 0 else a  # noqa: E731
-        adapter = fit_lora(out_in(weight), out_in(dequantize(cw)), h, config.lora_rank) if inputs else None
+        adapter = fit_lora(out_in(weight), out_in(dequantize(cw)), h, config.lora_rank, chol=chol) if inputs else None
         record["lora_error_ratio"] = None if adapter is None else round(adapter.error_after / adapter.error_before, 6)
     replace_with_compressed(p.site, cw)
     if adapter is not None:

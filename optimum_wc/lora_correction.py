@@ -10,7 +10,7 @@ With ``H + lambda I = L L^T`` (``lambda = 0.01 mean(diag H)``, which also keeps
 the fit away from directions the data never saw), ``L(A, B) = ||(E - BA) L||^2``
 up to the damping term, so the best rank-``r`` product is the truncated SVD of
 the whitened error ``E L = U S V^T``:  ``A = S_r^1/2 V_r^T L^-1``,
-``B = U_r S_r^1/2``.  ``A`` is then quantized (INT8_ASYM per channel), ``B``
+``B = U_r S_r^1/2`` (leading triplets by a seeded randomized SVD).  ``A`` is then quantized (INT8_ASYM per channel), ``B``
 refitted for the quantized ``A`` by least squares,
 
     B = E H A^T (A H A^T)^-1,
@@ -36,6 +36,8 @@ from .lowering import CompressedWeight, dequantize, quantize
 
 DEFAULT_RANK = 8
 DAMPING = 0.01
+OVERSAMPLE = 8  # extra random probes of the randomized SVD
+POWER_ITERATIONS = 4
 ADAPTER_MODE = CompressWeightsMode.INT8_ASYM
 
 
@@ -73,39 +75,66 @@ def whitened_factor(hessian: np.ndarray, damping: float = DAMPING) -> np.ndarray
     raise np.linalg.LinAlgError("the layer input covariance stays singular even with strong damping")
 
 
-def low_rank_factors(e: np.ndarray, chol: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """``A [r, in]``, ``B [out, r]`` from the truncated SVD of the whitened error ``E L``."""
-    u, s, vt = np.linalg.svd(e @ chol, full_matrices=False)
+def low_rank_factors(e: np.ndarray, chol: np.ndarray, rank: int, power_iterations: int = POWER_ITERATIONS,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``A [r, in]``, ``B [out, r]`` from the rank-``r`` truncated SVD of the whitened error ``M = E L``.
+
+    The leading singular triplets come from a randomized range finder
+    (Halko et al. 2011: ``r + OVERSAMPLE`` seeded Gaussian probes, power
+    iterations with re-orthonormalisation) using only products with ``E``
+    and ``L``, never forming ``M`` or its full SVD; exact for the leading
+    ``r`` directions up to the power iterations' convergence.
+    """
+    from scipy.linalg import solve_triangular
+
+    out_ch, in_ch = e.shape
+    k = min(rank + OVERSAMPLE, out_ch, in_ch)
+    m = lambda v: e @ (chol @ v)  # noqa: E731 - M v
+    mt = lambda v: chol.T @ (e.T @ v)  # noqa: E731 - M^T v
+    y = m(np.random.default_rng(seed).standard_normal((in_ch, k)))
+    q, _ = np.linalg.qr(y)
+    for _ in range(power_iterations):
+        z, _ = np.linalg.qr(mt(q))
+        q, _ = np.linalg.qr(m(z))
+    ub, s, vt = np.linalg.svd(mt(q).T, full_matrices=False)  # Q^T M = Ub S V^T
     r = min(rank, s.size)
     root = np.sqrt(s[:r])
-    a = np.linalg.solve(chol.T, vt[:r].T * root).T  # A L = S^1/2 V^T
-    return a, u[:, :r] * root
+    a = solve_triangular(chol, vt[:r].T * root, lower=True, trans="T").T  # A L = S^1/2 V^T
+    return a, (q @ ub[:, :r]) * root
 
 
-def refit_b(e: np.ndarray, a: np.ndarray, hessian: np.ndarray) -> np.ndarray:
-    """``B = E H A^T (A H A^T)^-1``: the best ``B`` for a fixed ``A``."""
-    ha = hessian @ a.T
-    gram = a @ ha
-    gram[np.diag_indices_from(gram)] += 1e-9 * max(float(np.trace(gram)) / gram.shape[0], 1e-30)
-    return np.linalg.solve(gram, (e @ ha).T).T
+def refit_b(e_h: np.ndarray, a: np.ndarray, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``B = E H A^T (A H A^T)^-1``, the best ``B`` for a fixed ``A`` (``e_h = E H``), and ``A H A^T``."""
+    gram = a @ (hessian @ a.T)
+    ridged = gram.copy()
+    ridged[np.diag_indices_from(ridged)] += 1e-9 * max(float(np.trace(gram)) / gram.shape[0], 1e-30)
+    return np.linalg.solve(ridged, (e_h @ a.T).T).T, gram
 
 
 def fit_lora(
-    weight: np.ndarray, dequantized: np.ndarray, hessian: np.ndarray, rank: int = DEFAULT_RANK, damping: float = DAMPING
+    weight: np.ndarray, dequantized: np.ndarray, hessian: np.ndarray, rank: int = DEFAULT_RANK, damping: float = DAMPING,
+    chol: np.ndarray | None = None,
 ) -> LoraAdapter | None:
-    """The adapter for ``weight [out, in]`` and its 4-bit approximation, or None if it does not help."""
+    """The adapter for ``weight [out, in]`` and its 4-bit approximation, or None if it does not help.
+
+    ``chol``: :func:`whitened_factor` of ``hessian`` when already computed
+    (layers reading one input share it).
+    """
     w = np.asarray(weight, dtype=np.float64)
     e = w - np.asarray(dequantized, dtype=np.float64)
     h = np.asarray(hessian, dtype=np.float64)
-    before = output_error(e, h)
+    e_h = e @ h
+    before = float(np.vdot(e_h, e))  # tr(E H E^T)
     if before <= 0 or not np.isfinite(before):
         return None
-    a, _ = low_rank_factors(e, whitened_factor(h, damping), rank)
+    a, _ = low_rank_factors(e, whitened_factor(h, damping) if chol is None else chol, rank)
     qa = quantize(a.astype(np.float32), ADAPTER_MODE, -1, axis=1)
-    b = refit_b(e, dequantize(qa).astype(np.float64), h)
+    deq_a = dequantize(qa).astype(np.float64)
+    b, gram = refit_b(e_h, deq_a, h)
     qb = quantize(b.astype(np.float32), ADAPTER_MODE, -1, axis=1)
-    correction = dequantize(qb).astype(np.float64) @ dequantize(qa).astype(np.float64)
-    after = output_error(e - correction, h)
+    deq_b = dequantize(qb).astype(np.float64)
+    # tr((E - BA) H (E - BA)^T) = tr(E H E^T) - 2 tr(B (A H E^T)) + tr(B (A H A^T) B^T), all from small products
+    after = before - 2.0 * float(np.vdot(deq_b, e_h @ deq_a.T)) + float(np.vdot(deq_b @ gram, deq_b))
     if not after < before:
         return None
     return LoraAdapter(qa, qb, before, after)

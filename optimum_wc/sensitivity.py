@@ -46,7 +46,10 @@ def sensitivity_function(
     if metric is SensitivityMetric.WEIGHT_QUANTIZATION_ERROR:
         return lambda site: int8_error_sensitivity(read_weight(site), site.reduction_axis)
     if stats is None:
-        raise ValueError(f"{metric.value} needs activation statistics")
+        def missing(site: WeightSite) -> float:
+            raise ValueError(f"{metric.value} needs activation statistics")
+
+        return missing
 
     def score(site: WeightSite) -> float:
         if site.kind != "matmul" or site.name not in stats:

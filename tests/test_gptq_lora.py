@@ -243,3 +243,31 @@ def test_layers_sharing_an_input_are_quantized_as_if_alone():
         assert cw.codes.shape == alone.codes.shape and np.array_equal(cw.codes, alone.codes)
         assert np.allclose(cw.scale, alone.scale, rtol=1e-3) and np.array_equal(cw.zero_point, alone.zero_point)
         assert np.allclose(dequantize(cw), dequantize(alone), rtol=1e-3, atol=1e-6)
+
+
+def test_randomized_low_rank_factors_are_as_good_as_the_exact_truncated_svd():
+    from optimum_wc.lora_correction import low_rank_factors, whitened_factor
+
+    w, x = correlated_layer(5, out=48, cin=64)
+    e = w - dequantize(quantize(w, M.INT4_ASYM, 32, 1))
+    e = e.astype(np.float64) + np.outer(np.linspace(1, 2, 48), np.linspace(-1, 1, 64)) * 0.01  # a dominant direction
+    chol = whitened_factor(hessian(x))
+    a, b = low_rank_factors(e, chol, 4)
+    m = e @ chol
+    s = np.linalg.svd(m, compute_uv=False)
+    optimum = float(np.sum(s[4:] ** 2))  # residual of the best rank-4 approximation (Eckart-Young)
+    residual = float(np.sum((m - b @ a @ chol) ** 2))
+    assert optimum <= residual <= 1.01 * optimum
+    assert float(np.sum((m - b[:, :3] @ a[:3] @ chol) ** 2)) > 1.05 * optimum  # rank 4 matters here
+
+
+def test_lora_reported_errors_are_the_output_errors():
+    w, x = correlated_layer(6)
+    base = dequantize(quantize(w, M.INT4_SYM, 16, 1))
+    h = hessian(x)
+    adapter = fit_lora(w, base, h, rank=4)
+    e = w.astype(np.float64) - base
+    direct = lambda d: float(np.einsum("oi,oi->", d @ h, d))  # noqa: E731
+    assert np.isclose(adapter.error_before, direct(e), rtol=1e-9)
+    corrected = e - dequantize(adapter.b).astype(np.float64) @ dequantize(adapter.a).astype(np.float64)
+    assert np.isclose(adapter.error_after, direct(corrected), rtol=1e-7) and adapter.error_after < adapter.error_before
