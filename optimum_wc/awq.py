@@ -24,12 +24,13 @@ import numpy as np
 from . import graph
 from .config import CompressWeightsMode
 from .lowering import quantize_dequantize
+from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
 
 ALPHAS = tuple(round(0.1 * i, 2) for i in range(11))
 SEARCH_ROWS = 256  # calibration rows (tokens) of the search
-SEARCH_OUT_ROWS = 384  # weight rows of the search, spread over the group's layers: the loss is a sum over rows
+SEARCH_OUT_ROWS = 256  # weight rows of the search, spread over the group's layers: the loss is a sum over rows
 
 
 @dataclass(frozen=True)
@@ -113,26 +114,38 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:
         if p.mode is mode and p.site.kind == "matmul" and len(p.site.shape) == 2 and p.site.name in stats:
             groups.setdefault(graph.activation_source(nodes[p.site.op_names[0]]), []).append(p)
     records = []
-    for key, members in groups.items():
-        producer = nodes[key[0]]
-        consumers = [nodes[n] for p in members for n in p.site.op_names]
-        st = stats[members[0].site.name]
-        x = st.rows
+
+    def searchable():
+        """Groups to search, with copies of their weights read now (after every earlier group's edits)."""
+        for key, members in groups.items():
+            producer = nodes[key[0]]
+            consumers = [nodes[n] for p in members for n in p.site.op_names]
+            st = stats[members[0].site.name]
+            names = [p.site.name for p in members]
+            if st.rows.shape[0] == 0 or not any(a.matches(producer, consumers) for a in ABSORBERS):
+                note = "no calibration rows" if st.rows.shape[0] == 0 else "no absorber"
+                records.append({"input": key[0], "layers": names, "alpha": None, "absorbed_by": None, "note": note})
+                continue
+            weights = [_as_out_in(graph.read_weight(p.site), p.site.reduction_axis) for p in members]
+            yield key, members, producer, consumers, st, weights
+
+    def search(item):
+        _key, members, _producer, _consumers, st, weights = item
+        return search_scales(weights, [p.group_size for p in members], st.rows, st.mean_abs, mode)
+
+    # A group's search reads only its own weights, which no later group edits (absorbers are upstream
+    # producers), so searches run ahead on the thread pool and edits are applied here, in order.
+    for (key, members, producer, consumers, _st, weights), (s, alpha, rel) in in_order(search, searchable()):
+        names = [p.site.name for p in members]
         absorber = next((a for a in ABSORBERS if a.matches(producer, consumers)), None)
-        if x.shape[0] == 0 or absorber is None:
-            records.append({"input": key[0], "layers": [p.site.name for p in members], "alpha": None,
-                            "absorbed_by": None, "note": "no calibration rows" if x.shape[0] == 0 else "no absorber"})
-            continue
-        weights = [_as_out_in(graph.read_weight(p.site), p.site.reduction_axis) for p in members]
-        s, alpha, rel = search_scales(weights, [p.group_size for p in members], x, st.mean_abs, mode)
-        if alpha == 0.0:
-            records.append({"input": key[0], "layers": [p.site.name for p in members], "alpha": 0.0, "absorbed_by": None})
+        if alpha == 0.0 or absorber is None:
+            records.append({"input": key[0], "layers": names, "alpha": 0.0, "absorbed_by": None})
             continue
         absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op})
         for p, w in zip(members, weights):
             graph.set_float_weight(p.site, _from_out_in(w * s, p.site.reduction_axis))
-        records.append({"input": key[0], "layers": [p.site.name for p in members], "alpha": alpha,
-                        "loss_vs_rtn": round(rel, 4), "absorbed_by": absorber.name})
+        records.append({"input": key[0], "layers": names, "alpha": alpha, "loss_vs_rtn": round(rel, 4),
+                        "absorbed_by": absorber.name})
     return records
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from typing import Any, Sequence
 
 from .config import WeightCompressionConfig
 from .errors import NotYetSupportedError
@@ -35,17 +34,16 @@ from .planning import LayerPlan, plan_layers
 from .scale_estimation import estimate_scales
 from .sensitivity import sensitivity_function
 from .statistics import LayerwiseHessians, collect_statistics
+from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
 
 __all__ = ["compress_model", "bitwidth_table"]
 
 
-RAW_ROWS = 512  # AWQ / scale estimation: rows of raw activations kept per layer input
+RAW_ROWS = 256  # AWQ / scale estimation: rows of raw activations kept per layer input
 GRAM_BLOCK = 128  # scale estimation: exact group Grams for group sizes dividing gcd(channels, 128)
 IMPLEMENTED_DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction", "sensitivity_metric=")
-LAYERS_AHEAD = 2  # layers whose maths runs on the thread pool while the graph is edited
-_LAYER_POOL: ThreadPoolExecutor | None = None
 SOURCES_PER_PASS = 4  # GPTQ / LoRA correction: activations (layer inputs) whose Hessians one calibration pass collects
 
 
@@ -121,7 +119,7 @@ def compress_model(
         bar = tqdm(total=len(todo), desc="Compressing weights", unit="layer")
     # weights are read and graph edits made here, in order; the maths of the next layers runs meanwhile
     work = ((p, record, read_weight(p.site)) for p, record in todo)
-    for (p, record, _), cw in _in_order(lambda item: _compress_layer(item[0], config, stats, item[2]), work):
+    for (p, record, _), cw in in_order(lambda item: _compress_layer(item[0], config, stats, item[2]), work):
         record["relative_error"] = round(cw.relative_error, 6)
         replace_with_compressed(p.site, cw)
         del cw
@@ -216,27 +214,6 @@ def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompression
     if adapter is not None:
         for i, (matmul, x) in enumerate(inputs):
             add_lora_adapter(matmul, x, adapter.a, adapter.b, p.site.name if i == 0 else f"{p.site.name}/{i}")
-
-
-def _in_order(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int = LAYERS_AHEAD) -> Iterator[tuple[Any, Any]]:
-    """``(item, fn(item))`` in the order of ``items``, with up to ``ahead`` calls running on a thread pool.
-
-    NumPy releases the GIL in its loops, so the maths of two layers overlaps;
-    results come back in order, so graph edits (done by the caller) stay
-    deterministic.  ``items`` is consumed lazily: at most ``ahead + 1`` are held.
-    """
-    global _LAYER_POOL
-    if _LAYER_POOL is None:
-        _LAYER_POOL = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="optimum-wc-layer")
-    pending: deque = deque()
-    for item in items:
-        pending.append((item, _LAYER_POOL.submit(fn, item)))
-        if len(pending) > ahead:
-            head, future = pending.popleft()
-            yield head, future.result()
-    while pending:
-        head, future = pending.popleft()
-        yield head, future.result()
 
 
 def _compress_layer(p: LayerPlan, config: WeightCompressionConfig, stats, weight=None) -> Any:

@@ -21,14 +21,17 @@ group's *current* weights (already updated by every earlier column); with
 are rounded to f16 before use, as stored in the IR, so the error that is
 propagated is the deployed one.
 
-With ``scale_estimation`` the codes are then fixed and each row's scales
+With ``scale_estimation`` each group's scale is chosen, when the group is
+entered, by scale estimation on the group's block of ``H`` (the output error
+of the group's current weights, as NNCF's GPTQ does with scale estimation);
+at the end the codes are fixed and each row's scales
 ``s_r`` (one per group) are refitted jointly by least squares on ``H``:
 
     min_s (w - Q_r s)^T H (w - Q_r s)  =>  (Q_r^T H Q_r) s = Q_r^T H w,
 
 where column ``g`` of ``Q_r`` holds ``q - z`` of group ``g``; a row keeps its
-GPTQ scales unless the (f16) refit lowers its error on ``H``, so the result is
-never worse than plain GPTQ on the calibration inputs.
+scales unless the (f16) refit lowers its error on ``H``, so the refit never
+makes the result worse on the calibration inputs.
 """
 
 from __future__ import annotations
@@ -98,11 +101,29 @@ def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP) -> n
     raise np.linalg.LinAlgError("the layer Hessian stays singular even with strong damping")
 
 
+def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale (f16) and zero point of each row of ``w [out, k]`` chosen by scale estimation on the group Gram ``gram [k, k]``.
+
+    The scale minimising the group's output error ``d^T G d`` among the
+    scale-estimation candidates (RTN included); the zero point is RTN's.
+    """
+    from .scale_estimation import estimate_scales
+
+    cw = estimate_scales(np.asarray(w, dtype=np.float32), None, mode, w.shape[1], 1,
+                         np.asarray(gram, dtype=np.float32)[None])
+    scale = _f16(cw.scale.reshape(-1))
+    zp = None if cw.zero_point is None else cw.zero_point.reshape(-1).astype(np.float64)
+    return scale, zp
+
+
 def gptq_codes(
-    w: np.ndarray, u: np.ndarray, mode: CompressWeightsMode, group_size: int, block_size: int = BLOCK_SIZE
+    w: np.ndarray, u: np.ndarray, mode: CompressWeightsMode, group_size: int, block_size: int = BLOCK_SIZE,
+    hessian: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The GPTQ loop on ``w [out, in]`` (float64, modified in place) with factor ``u``.
 
+    With ``hessian``, a group's parameters are chosen by scale estimation on
+    the group's block of ``H`` (:func:`estimated_group_params`) instead of RTN.
     Returns the codes [out, in] (float64 integers) and the scales / zero points
     [out, n_groups].
     """
@@ -131,7 +152,10 @@ def gptq_codes(
             for i in range(j1, j2):
                 col = i1 + i
                 if group_size != -1 and col % gs == 0:  # sub divides gs: the group's columns are all current
-                    scale, zp = group_params(w1[:, i : i + gs], mode)
+                    if hessian is None:
+                        scale, zp = group_params(w1[:, i : i + gs], mode)
+                    else:
+                        scale, zp = estimated_group_params(w1[:, i : i + gs], hessian[col : col + gs, col : col + gs], mode)
                     scales[:, col // gs] = scale
                     if zps is not None:
                         zps[:, col // gs] = zp
@@ -208,7 +232,8 @@ def gptq_quantize_layers(
     w2 = np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
     w = np.array(w2, dtype=np.float64)
     w[:, dead_channels(h)] = 0.0
-    codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size)
+    codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size,
+                                    hessian=h if scale_estimation and group_size != -1 else None)
     qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     if scale_estimation:
         scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)

@@ -9,7 +9,11 @@ uncompressed and uncompiled, compressed by :func:`optimum_wc.compress_model`,
 then compiled.  Every other call goes to optimum-intel unchanged.  (Its
 ``_from_transformers`` already exports without NNCF's default INT8 whenever a
 ``quantization_config`` is given.)  ``_save_openvino_config`` is wrapped too,
-so ``save_pretrained`` writes our config beside the IR.
+so ``save_pretrained`` writes our config beside the IR.  The decoder module's
+``main_export`` (what ``from_pretrained(..., export=True)`` calls) is wrapped
+so that a local GPTQ/AWQ checkpoint is exported by
+:func:`optimum_wc.prequantized.export_prequantized_ir`, keeping its integer
+weights, instead of needing ``gptqmodel`` and CUDA.
 
 The wrap is installed when ``optimum.intel.openvino.modeling_decoder`` is
 imported (or at once if it already is), so importing optimum_wc stays cheap.
@@ -60,6 +64,22 @@ def _wrap(decoder_module, base_module) -> None:
 
     cls._from_pretrained = classmethod(_from_pretrained)
     cls._optimum_wc_patched = True
+
+    original_export = decoder_module.main_export
+
+    def main_export(model_name_or_path, output, *args, **kwargs):
+        """optimum-intel's ``_export``: a local GPTQ/AWQ checkpoint is exported by us, keeping its integers."""
+        from .prequantized import detect_prequantized, export_prequantized_ir
+
+        path = Path(str(model_name_or_path))
+        fmt = detect_prequantized(path) if path.is_dir() else None
+        if fmt is None:
+            return original_export(model_name_or_path, output, *args, **kwargs)
+        export_prequantized_ir(path, Path(output), fmt, task=kwargs.get("task"),
+                               trust_remote_code=kwargs.get("trust_remote_code", False))
+        return None
+
+    decoder_module.main_export = main_export
 
     base = base_module.OVBaseModel
     original_save = base._save_openvino_config

@@ -37,10 +37,12 @@ activation to match (``x W^T == x[..., P] (W[:, P])^T`` for any permutation
 ``P``): exact, never requantized.
 
 Export (:func:`export_prequantized_ir`): a staging copy of the checkpoint with
-the ``quantization_config`` stripped and the quantized linears dequantized to
-float is exported by optimum-intel (as any float checkpoint), then each
-quantized linear's float weight Constant (friendly name ``self.<prefix>.weight``)
-is replaced by the integer subgraph built from the packed tensors.
+the ``quantization_config`` stripped and without the quantized tensors is
+exported by optimum-intel (as any float checkpoint), the model being built
+with one shared zero placeholder per quantized-weight shape (so the float
+weights of the quantized layers are never materialised), then each quantized
+linear's weight Constant (friendly name ``self.<prefix>.weight``) is replaced
+by the integer subgraph built from the packed tensors.
 """
 
 from __future__ import annotations
@@ -702,15 +704,19 @@ def _staged_config(source: Path) -> dict:
     return config
 
 
-def stage_float_checkpoint(ckpt: PrequantizedCheckpoint, dest: Path, *, shard_bytes: int = _STAGED_SHARD_BYTES) -> None:
+def stage_float_checkpoint(ckpt: PrequantizedCheckpoint, dest: Path, *, shard_bytes: int = _STAGED_SHARD_BYTES,
+                           dequantized_layers: bool = True) -> None:
     """Write a float Transformers checkpoint of ``ckpt`` into ``dest`` for the exporter.
 
-    ``config.json`` loses its ``quantization_config``; the quantized linears get
-    float ``<prefix>.weight`` tensors (dequantized, in the checkpoint's float
-    dtype: they are replaced by the exact integer weights after export); every
-    other tensor and file is copied.  Tensors are written in shards of at most
-    ``shard_bytes`` so that only one shard is in memory at a time.  Every
-    quantized layer is unpacked and checked here, before the export starts.
+    ``config.json`` loses its ``quantization_config``; every non-quantized
+    tensor and file is copied; with ``dequantized_layers`` the quantized
+    linears get float ``<prefix>.weight`` tensors (dequantized, in the
+    checkpoint's float dtype), else they are left out (the exporter then gets
+    placeholders, see :func:`_placeholder_loading`).  Either way they are
+    replaced by the exact integer weights after export.  Tensors are written in
+    shards of at most ``shard_bytes`` so that only one shard is in memory at a
+    time.  Every quantized layer is unpacked and checked here, before the
+    export starts.
     """
     import torch
     from safetensors import safe_open
@@ -753,12 +759,85 @@ def stage_float_checkpoint(ckpt: PrequantizedCheckpoint, dest: Path, *, shard_by
                     add(name, f.get_tensor(name))
     dtype = getattr(torch, ckpt.float_dtype())
     for layer in ckpt.layers:
-        lw = ckpt.layer_weights(layer)
-        add(layer.weight_name, torch.from_numpy(lw.dequantized()).to(dtype))
+        lw = ckpt.layer_weights(layer)  # unpacks and checks the layer
+        if dequantized_layers:
+            add(layer.weight_name, torch.from_numpy(lw.dequantized()).to(dtype))
         del lw
     flush()
     index = {"metadata": {"total_size": state["total"]}, "weight_map": dict(sorted(weight_map.items()))}
     (dest / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+@contextlib.contextmanager
+def _placeholder_loading(ckpt: PrequantizedCheckpoint, trust_remote_code: bool) -> Iterator[dict]:
+    """While active, optimum's exporter gets the model with *placeholder* quantized-linear weights.
+
+    Objective: peak memory of one float copy of the non-quantized parts plus
+    the packed weights.  The model is built without allocating parameters
+    (``accelerate.init_empty_weights``, buffers such as rotary tables are
+    real), the staged float tensors are assigned as they are, and every
+    quantized linear's weight is a placeholder view of one shared buffer: the
+    traced IR holds a Constant of the right shape for each layer (views of
+    one shared buffer), which :func:`apply_prequantized` replaces by the exact
+    integer subgraph.  The values of these placeholders never reach the
+    final IR.  Patches ``TasksManager.get_model_from_task`` for the duration;
+    ``state["used"]`` tells whether it was called.
+    """
+    from optimum.exporters.tasks import TasksManager
+
+    original = TasksManager.get_model_from_task
+    state = {"used": False}
+
+    def load(task, model_name_or_path, *args, **kwargs):
+        state["used"] = True
+        return _model_with_placeholders(Path(model_name_or_path), ckpt, trust_remote_code)
+
+    TasksManager.get_model_from_task = staticmethod(load)
+    try:
+        yield state
+    finally:
+        TasksManager.get_model_from_task = original
+
+
+def _model_with_placeholders(staged: Path, ckpt: PrequantizedCheckpoint, trust_remote_code: bool):
+    """The causal LM of ``staged`` (a :func:`stage_float_checkpoint` without dequantized layers), see above."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    dtype = getattr(torch, ckpt.float_dtype())
+    config = AutoConfig.from_pretrained(staged, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    state: dict[str, Any] = {}
+    for file in sorted(staged.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    # Placeholders: overlapping views of one buffer, each starting one element later.  Each layer's constant
+    # must stay a distinct node through the exporter (identical constants get merged), so the buffer holds
+    # a ramp whose period exceeds the number of layers (no two views are equal); its values are small, and
+    # it is only as large as the largest weight.
+    sizes = [layer.out_features * layer.in_features for layer in ckpt.layers]
+    period = len(sizes) + 1
+    ramp = torch.arange(max(sizes) + len(sizes), dtype=torch.float32) % period
+    buffer = (ramp * (1e-2 / period)).to(dtype)
+    for i, (layer, size) in enumerate(zip(ckpt.layers, sizes)):
+        state[layer.weight_name] = buffer[i : i + size].view(layer.out_features, layer.in_features)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    del state
+    model.tie_weights()
+    on_meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if on_meta or unexpected:
+        raise ExportError(
+            f"the staged checkpoint does not fit {type(model).__name__}: "
+            + (f"no tensor for {', '.join(on_meta[:3])}" if on_meta else f"unknown tensors {', '.join(unexpected[:3])}")
+        )
+    if (staged / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(staged)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------- the IR
@@ -867,8 +946,17 @@ def export_prequantized_ir(
                 ", sym" if ckpt.fmt.sym else ", asym", ", act-order" if ckpt.fmt.desc_act else "", len(ckpt.layers))
     with _work_dir(output) as work:
         staged, float_dir = work / "checkpoint", work / "float"
-        stage_float_checkpoint(ckpt, staged)
-        export_float_ir(staged, float_dir, task, trust_remote_code)
+        stage_float_checkpoint(ckpt, staged, dequantized_layers=False)
+        try:
+            with _placeholder_loading(ckpt, trust_remote_code):
+                export_float_ir(staged, float_dir, task, trust_remote_code)
+        except ExportError as exc:  # an architecture our loader cannot build: the exporter loads dequantized weights
+            logger.warning("Exporting with placeholder weights failed (%s); exporting dequantized weights instead "
+                           "(peak memory: the whole model in its float dtype).", exc)
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.rmtree(float_dir, ignore_errors=True)
+            stage_float_checkpoint(ckpt, staged, dequantized_layers=True)
+            export_float_ir(staged, float_dir, task, trust_remote_code)
         shutil.rmtree(staged)
         model = ov.Core().read_model(float_dir / IR_XML)
         records = apply_prequantized(model, ckpt)

@@ -374,3 +374,37 @@ def test_detection(llama_dir, tmp_path):
     bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     edit_config(ckpt_dir, lambda c: c.update(quantization_config=bnb))
     assert detect_prequantized(ckpt_dir) is None  # not ours: left to optimum-intel
+
+
+def test_stock_optimum_intel_class_exports_gptq_through_us(llama_dir, tmp_path, caplog):
+    """After `import optimum_wc`, optimum-intel's own OVModelForCausalLM(export=True) keeps the GPTQ integers."""
+    import logging
+
+    import optimum_wc  # noqa: F401 - installs the hook
+    from optimum.intel import OVModelForCausalLM
+
+    ckpt_dir = tmp_path / "gptq"
+    planted = write_checkpoint(llama_dir, ckpt_dir, group_size=32, desc_act=True)
+    with caplog.at_level(logging.INFO, logger="optimum_wc"):
+        model = OVModelForCausalLM.from_pretrained(ckpt_dir, export=True, compile=False)
+    assert "placeholder weights failed" not in caplog.text  # the float weights of quantized layers were never built
+    check_ir_matches_planted(model.model, planted, 4, False)
+    assert_logits_close(run_logits(model.model), reference_logits(ckpt_dir, planted, IDS))
+
+
+def test_staging_without_dequantized_layers_writes_only_the_float_parts(llama_dir, tmp_path):
+    from safetensors import safe_open
+
+    from optimum_wc.prequantized import stage_float_checkpoint
+
+    ckpt_dir = tmp_path / "gptq"
+    planted = write_checkpoint(llama_dir, ckpt_dir, group_size=32)
+    ckpt = PrequantizedCheckpoint(ckpt_dir)
+    stage_float_checkpoint(ckpt, tmp_path / "staged", dequantized_layers=False)
+    names = set()
+    for file in (tmp_path / "staged").glob("*.safetensors"):
+        with safe_open(file, framework="np") as f:
+            names |= set(f.keys())
+    assert not any(n.startswith(tuple(planted)) for n in names if n.endswith((".weight", ".qweight", ".scales")))
+    assert "model.embed_tokens.weight" in names and "model.norm.weight" in names
+    assert "quantization_config" not in json.loads((tmp_path / "staged" / "config.json").read_text())

@@ -1,0 +1,33 @@
+"""A bounded, order-keeping thread map: NumPy maths of the next items overlaps with graph edits of this one."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
+
+AHEAD = 2  # items whose maths runs on the pool while the caller handles the current one
+_POOL: ThreadPoolExecutor | None = None
+
+
+def in_order(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int = AHEAD) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` in the order of ``items``, with up to ``ahead`` calls running on a thread pool.
+
+    NumPy releases the GIL in its loops, so the maths of two items overlaps;
+    results come back in order, so whatever the caller does with them (graph
+    edits) stays deterministic.  ``items`` is consumed lazily: at most
+    ``ahead + 1`` items are held, and item ``k + ahead`` is drawn only after
+    the caller has handled item ``k - 1``.
+    """
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="optimum-wc-layer")
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, _POOL.submit(fn, item)))
+        if len(pending) > ahead:
+            head, future = pending.popleft()
+            yield head, future.result()
+    while pending:
+        head, future = pending.popleft()
+        yield head, future.result()
