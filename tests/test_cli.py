@@ -96,7 +96,7 @@ def test_optimum_cli_lists_the_command():
     assert result.returncode == 0
     for flag in ("--weight-format", "--sym", "--group-size", "--group-size-fallback", "--ratio", "--backup-precision",
                  "--all-layers", "--sensitivity-metric", "--dataset", "--num-samples", "--awq", "--scale-estimation",
-                 "--gptq", "--lora-correction", "--ignored-scope", "--trust-remote-code", "--task", "--mode"):
+                 "--gptq", "--lora-correction", "--lora-rank", "--sample-length", "--ignored-scope", "--trust-remote-code", "--task", "--mode"):
         assert flag in result.stdout, flag
 
 
@@ -330,6 +330,11 @@ def test_flags_map_to_the_config():
     assert c.ignored_scope.patterns == (".*q_proj.*",)
     c = config_from_args(_args("--mode", "int4_sym", "--awq", "--scale-estimation", "--dataset", "auto", "--num-samples", "16"))
     assert c.awq and c.scale_estimation and c.dataset == "auto" and c.subset_size == 16
+    c = config_from_args(_args("--weight-format", "int4", "--lora-correction", "--lora-rank", "16", "--dataset", "auto",
+                               "--sample-length", "64"))
+    assert c.lora_correction and c.lora_rank == 16 and c.sample_length == 64
+    with pytest.raises(ConfigError):
+        config_from_args(_args("--weight-format", "int4", "--lora-correction", "--lora-rank", "0", "--dataset", "auto"))
     with pytest.raises(ConfigError):
         config_from_args(_args("--weight-format", "int4", "--ratio", "1.7"))
 

@@ -65,6 +65,8 @@ def add_compression_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-estimation", action="store_true", default=None, help="scale estimation (needs --dataset)")
     g.add_argument("--gptq", action="store_true", default=None, help="GPTQ (needs --dataset)")
     g.add_argument("--lora-correction", action="store_true", default=None, help="LoRA correction (needs --dataset)")
+    g.add_argument("--lora-rank", type=int, default=None, help="rank of the LoRA correction adapters (default 8)")
+    g.add_argument("--sample-length", type=int, default=None, help="tokens per calibration sample (default 128)")
     g.add_argument("--ignored-scope", action="append", default=None, metavar="SPEC",
                    help="keep layers out of compression (repeatable): NAME, name:NAME, pattern:REGEX, type:MatMul|Gather, "
                         "or a JSON object {\"names\": [...], \"patterns\": [...], \"types\": [...]}")
@@ -137,7 +139,8 @@ _COMPRESSION_FLAGS = {
     "sym": "--sym", "group_size": "--group-size", "group_size_fallback": "--group-size-fallback", "ratio": "--ratio",
     "backup_precision": "--backup-precision", "all_layers": "--all-layers", "sensitivity_metric": "--sensitivity-metric",
     "dataset": "--dataset", "num_samples": "--num-samples", "awq": "--awq", "scale_estimation": "--scale-estimation",
-    "gptq": "--gptq", "lora_correction": "--lora-correction", "ignored_scope": "--ignored-scope",
+    "gptq": "--gptq", "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
+    "sample_length": "--sample-length", "ignored_scope": "--ignored-scope",
 }
 
 
@@ -166,7 +169,8 @@ def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None
                       ("all_layers", "all_layers"), ("sensitivity_metric", "sensitivity_metric"),
                       ("group_size_fallback", "group_size_fallback"), ("awq", "awq"),
                       ("scale_estimation", "scale_estimation"), ("gptq", "gptq"), ("lora_correction", "lora_correction"),
-                      ("num_samples", "subset_size"), ("dataset", "dataset")):
+                      ("num_samples", "subset_size"), ("dataset", "dataset"), ("lora_rank", "lora_rank"),
+                      ("sample_length", "sample_length")):
         value = getattr(args, name, None)
         if value is not None:
             kwargs[key] = value
