@@ -196,9 +196,9 @@ def _same_grid(members: list) -> list[list]:
 def _compress_with_hessian(p: LayerPlan, record: dict, config: WeightCompressionConfig, stats, h, nodes, cw=None,
                            chol=None) -> None:
     """One layer of :func:`_compress_sequentially`: ``cw`` (GPTQ's result) or RTN / scale estimation, then the LoRA adapter if asked."""
-    weight = read_weight(p.site)
+    weight = read_weight(p.site) if cw is None or config.lora_correction else None  # GPTQ read it already
     if cw is None:
-        cw = _compress_layer(p, config, stats)
+        cw = _compress_layer(p, config, stats, weight)
     record["relative_error"] = round(cw.relative_error, 6)
     adapter, inputs = None, []
     if config.lora_correction:

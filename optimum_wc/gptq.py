@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import CompressWeightsMode
-from .lowering import CompressedWeight, asymmetric_params, levels, symmetric_scale
+from .lowering import CompressedWeight, levels, quantization_params
 
 PERCDAMP = 0.01
 BLOCK_SIZE = 128
@@ -55,11 +55,8 @@ def _f16(v: np.ndarray) -> np.ndarray:
 
 def group_params(w: np.ndarray, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
     """RTN scale (rounded to f16) and zero point of each row of ``w [out, k]``: shapes [out], [out] or None."""
-    w = np.asarray(w, dtype=np.float32)
-    if mode.is_asym:
-        scale, zp = asymmetric_params(w, 1, mode.num_bits)
-        return _f16(scale[:, 0]), zp[:, 0].astype(np.float64)
-    return _f16(symmetric_scale(w, 1, mode.num_bits)[:, 0]), None
+    scale, zp = quantization_params(np.asarray(w, dtype=np.float32), 1, mode)
+    return _f16(scale[:, 0]), None if zp is None else zp[:, 0].astype(np.float64)
 
 
 def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:

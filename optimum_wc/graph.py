@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from functools import reduce
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -634,13 +635,10 @@ def pass_boundaries(model, passes: Sequence[Sequence[tuple[str, int]]]) -> list[
         if kind in ("ShapeOf", "Constant"):
             continue
         preds = [v.get_node().get_friendly_name() for v in op.input_values()]
-        preds = [p for p in preds if p in depth and p != root]
-        if not preds:
-            continue
-        d = preds[0]
-        for p in preds[1:]:
-            d = lca(d, p)
-        idom[name], depth[name] = d, depth[d] + 1
+        preds = [p for p in preds if p in depth]
+        if preds:
+            d = reduce(lca, preds)
+            idom[name], depth[name] = d, depth[d] + 1
 
     def acceptable(name: str) -> bool:
         op = nodes[name]
@@ -652,9 +650,7 @@ def pass_boundaries(model, passes: Sequence[Sequence[tuple[str, int]]]) -> list[
         if not names or any(n not in depth for n in names):
             out.append(None)
             continue
-        d = names[0]
-        for n in names[1:]:
-            d = lca(d, n)
+        d = reduce(lca, names)
         while d != root and not acceptable(d):
             d = idom[d]
         out.append(None if d == root else d)

@@ -55,11 +55,6 @@ class LoraAdapter:
         return self.a.original_shape[0]
 
 
-def output_error(e: np.ndarray, hessian: np.ndarray) -> float:
-    """``tr(E H E^T)``."""
-    return float(np.einsum("oi,oi->", e @ hessian, e))
-
-
 def whitened_factor(hessian: np.ndarray, damping: float = DAMPING) -> np.ndarray:
     """Lower Cholesky factor ``L`` of ``H + lambda I`` (damping raised until it is positive definite)."""
     h = np.asarray(hessian, dtype=np.float64)

@@ -99,6 +99,13 @@ def asymmetric_params(w: np.ndarray, axis: int, num_bits: int) -> tuple[np.ndarr
     return scale, zero_point.astype(np.uint8)
 
 
+def quantization_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale and zero point (None when symmetric) of ``w`` along ``axis`` (keepdims) for ``mode``."""
+    if mode.is_asym:
+        return asymmetric_params(w, axis, mode.num_bits)
+    return symmetric_scale(w, axis, mode.num_bits), None
+
+
 def _rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
     """``clip(round(w / scale [+ zero_point]))`` as float32 integers."""
     low, high = levels(mode)
@@ -120,10 +127,7 @@ def quantize_with_params(
 def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
     """Codes, scale, zero point and the block's squared error and squared norm."""
     w = np.asarray(w, dtype=np.float32)
-    if mode.is_asym:
-        scale, zp = asymmetric_params(w, axis, mode.num_bits)
-    else:
-        scale, zp = symmetric_scale(w, axis, mode.num_bits), None
+    scale, zp = quantization_params(w, axis, mode)
     q = _rounded_levels(w, scale, zp, mode)
     codes = q.astype(np.uint8 if mode.is_asym else np.int8)
     if zp is not None:
@@ -173,10 +177,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
 def quantize_dequantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int) -> np.ndarray:
     """``deq(Q(weight))`` in float32 with the formulas of :func:`quantize`, without keeping codes (for searches)."""
     w, red = grouped(np.asarray(weight, dtype=np.float32), axis, group_size)
-    if mode.is_asym:
-        scale, zp = asymmetric_params(w, red, mode.num_bits)
-    else:
-        scale, zp = symmetric_scale(w, red, mode.num_bits), None
+    scale, zp = quantization_params(w, red, mode)
     q = _rounded_levels(w, scale, zp, mode)
     if zp is not None:
         q -= zp.astype(np.float32)

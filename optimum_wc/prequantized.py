@@ -39,8 +39,8 @@ activation to match (``x W^T == x[..., P] (W[:, P])^T`` for any permutation
 Export (:func:`export_prequantized_ir`): a staging copy of the checkpoint with
 the ``quantization_config`` stripped and without the quantized tensors is
 exported by optimum-intel (as any float checkpoint), the model being built
-with one shared zero placeholder per quantized-weight shape (so the float
-weights of the quantized layers are never materialised), then each quantized
+with placeholder weights for the quantized layers, views of one small shared
+buffer (so their float weights are never materialised), then each quantized
 linear's weight Constant (friendly name ``self.<prefix>.weight``) is replaced
 by the integer subgraph built from the packed tensors.
 """
@@ -769,7 +769,7 @@ def stage_float_checkpoint(ckpt: PrequantizedCheckpoint, dest: Path, *, shard_by
 
 
 @contextlib.contextmanager
-def _placeholder_loading(ckpt: PrequantizedCheckpoint, trust_remote_code: bool) -> Iterator[dict]:
+def _placeholder_loading(ckpt: PrequantizedCheckpoint, trust_remote_code: bool) -> Iterator[None]:
     """While active, optimum's exporter gets the model with *placeholder* quantized-linear weights.
 
     Objective: peak memory of one float copy of the non-quantized parts plus
@@ -780,21 +780,18 @@ def _placeholder_loading(ckpt: PrequantizedCheckpoint, trust_remote_code: bool) 
     traced IR holds a Constant of the right shape for each layer (views of
     one shared buffer), which :func:`apply_prequantized` replaces by the exact
     integer subgraph.  The values of these placeholders never reach the
-    final IR.  Patches ``TasksManager.get_model_from_task`` for the duration;
-    ``state["used"]`` tells whether it was called.
+    final IR.  Patches ``TasksManager.get_model_from_task`` for the duration.
     """
     from optimum.exporters.tasks import TasksManager
 
     original = TasksManager.get_model_from_task
-    state = {"used": False}
 
     def load(task, model_name_or_path, *args, **kwargs):
-        state["used"] = True
         return _model_with_placeholders(Path(model_name_or_path), ckpt, trust_remote_code)
 
     TasksManager.get_model_from_task = staticmethod(load)
     try:
-        yield state
+        yield
     finally:
         TasksManager.get_model_from_task = original
 
@@ -826,7 +823,7 @@ def _model_with_placeholders(staged: Path, ckpt: PrequantizedCheckpoint, trust_r
     buffer = (ramp * (1e-2 / period)).to(dtype)
     for i, (layer, size) in enumerate(zip(ckpt.layers, sizes)):
         state[layer.weight_name] = buffer[i : i + size].view(layer.out_features, layer.in_features)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # tied weights: tie_weights below
     del state
     model.tie_weights()
     on_meta = [name for name, p in model.named_parameters() if p.is_meta]

@@ -314,7 +314,7 @@ class LayerwiseHessians:
         self._next += 1
         from . import inference
 
-        start = self.boundaries[j - 1] if j > 0 and self._cached is not None else None
+        start = self.boundaries[j - 1] if j > 0 else None  # set: pass j - 1 cached its values
         end = self.boundaries[j]
         probes = [Probe(source, xtx=True) for source in self.passes[j]]
         model, layout = statistics_model(self.model, probes, boundary_in=start, boundary_out=end)
