@@ -14,7 +14,8 @@ The last column drops the lines that record the rt_info / config schema
 version (``<schema_version value="..." />``), the one XML change a schema bump
 makes on purpose; everything else must match byte for byte.  Data-aware
 configs calibrate on the chapters of *Pride and Prejudice* shipped in
-``optimum_wc/data`` (a fixed file: same samples in every run).
+``optimum_wc/data``, copied into ``--work`` (the dataset path is recorded in
+the IR's rt_info, so runs to compare must use the same ``--work``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def smollm2_rows(work: Path, names: list[str]) -> list[tuple[str, tuple[str, str
     from optimum_wc.models import prepare_smollm2
 
     checkpoint = prepare_smollm2(work / "smollm2")
+    calibration = work / "calibration.txt"
+    shutil.copyfile(CALIBRATION_TEXT, calibration)
     rows = []
     for config in select_configs(",".join(names)):
         out = work / "out" / config.name
         start = time.perf_counter()
-        export_model(checkpoint, out, config.ours(str(CALIBRATION_TEXT)), load=False)
+        export_model(checkpoint, out, config.ours(str(calibration)), load=False)
         rows.append((config.name, file_hashes(out)))
         print(f"# {config.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         shutil.rmtree(out)
@@ -92,7 +95,8 @@ def prequantized_rows(work: Path) -> list[tuple[str, tuple[str, str, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fingerprint", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "fingerprint")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "fingerprint",
+                        help="working folder; give the same one to runs whose lines are compared")
     parser.add_argument("--configs", help=f"comma-separated benchmark configs (default: all of {', '.join(CONFIGS)})")
     parser.add_argument("--no-prequantized", action="store_true", help="skip the GPTQ/AWQ checkpoints")
     parser.add_argument("--out", type=Path, help="also write the lines to this file")
