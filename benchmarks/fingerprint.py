@@ -34,7 +34,7 @@ from .configs import CONFIGS, DATA_AWARE_CONFIGS, DATA_FREE_CONFIGS, select_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION_TEXT = ROOT / "optimum_wc" / "data" / "pride_and_prejudice_ch1-4.txt"
-SCHEMA_LINE = re.compile(rb"^\s*<schema_version value=\"[^\"]*\" />\s*$", re.MULTILINE)
+SCHEMA_LINE = re.compile(rb"^[ \t]*<schema_version value=\"[^\"]*\" />\r?\n", re.MULTILINE)
 PREQUANTIZED = (
     # name, writer kwargs, optimum-wc config of the float parts (None: kept float)
     ("gptq_4bit_g32_act_order", {"method": "gptq", "bits": 4, "group_size": 32, "desc_act": True}, None),
