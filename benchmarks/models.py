@@ -7,7 +7,7 @@
 * :func:`prepare_smoke` - a tiny random Llama with a small BPE tokenizer
   trained on the evaluation text, for a run of about a minute;
 * :func:`prepare_float_ir` - the float (f32) stateful IR of a checkpoint,
-  exported once by ``optimum_wc.export.export_float_ir``.
+  exported once by ``optimum_wc.export.float_ir.export_float_ir``.
 
 Every folder is written to a temporary name and renamed when complete, so an
 interrupted run never leaves a half-written cache behind.
@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from optimum_wc.export import move_into_place, staging_dir
+from optimum_wc.layout import move_into_place, staging_dir
 
 logger = logging.getLogger("benchmarks")
 
@@ -98,7 +98,7 @@ def prepare_float_ir(work_dir: Path, name: str, checkpoint: Path) -> Path:
     source = {"checkpoint": str(Path(checkpoint).resolve()), "files": _fingerprint(Path(checkpoint))}
     if (float_ir / IR_XML).is_file() and _read_marker(float_ir) == source:
         return float_ir
-    from optimum_wc.export import export_float_ir
+    from optimum_wc.export.float_ir import export_float_ir
 
     logger.info("Exporting the float IR of %s (once) ...", checkpoint)
     with _atomic_dir(float_ir) as tmp:

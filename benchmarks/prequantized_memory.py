@@ -8,7 +8,7 @@ codes, no GPTQ library), then runs each export in a fresh process and reads
 its peak resident memory (VmHWM):
 
 * ``float``: optimum-intel's export of the float16 checkpoint (our float path);
-* ``gptq``: :func:`optimum_wc.prequantized.export_prequantized_ir` (placeholder weights for
+* ``gptq``: :func:`optimum_wc.export.prequantized.export_prequantized_ir` (placeholder weights for
   the quantized layers, their integers put in afterwards);
 * ``gptq-dequantized``: the former path, the quantized layers dequantized to float16 for the exporter.
 
@@ -28,12 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 _RUN = {
-    "float": "from optimum_wc.export import export_float_ir; export_float_ir(SRC, OUT)",
-    "gptq": "from optimum_wc.prequantized import export_prequantized_ir; export_prequantized_ir(SRC, OUT)",
+    "float": "from optimum_wc.export.float_ir import export_float_ir; export_float_ir(SRC, OUT)",
+    "gptq": "from optimum_wc.export.prequantized import export_prequantized_ir; export_prequantized_ir(SRC, OUT)",
     "gptq-dequantized": textwrap.dedent("""
         import openvino as ov
-        from optimum_wc.export import export_float_ir
-        from optimum_wc.prequantized import PrequantizedCheckpoint, apply_prequantized, stage_float_checkpoint
+        from optimum_wc.checkpoints.reader import PrequantizedCheckpoint
+        from optimum_wc.checkpoints.staging import stage_float_checkpoint
+        from optimum_wc.export.float_ir import export_float_ir
+        from optimum_wc.export.prequantized import apply_prequantized
         ckpt = PrequantizedCheckpoint(SRC)
         stage_float_checkpoint(ckpt, OUT / "staged", dequantized_layers=True)
         export_float_ir(OUT / "staged", OUT / "float")

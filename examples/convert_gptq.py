@@ -29,7 +29,8 @@ def main() -> None:
     from transformers import AutoTokenizer, pipeline
 
     from optimum_wc import WeightCompressionConfig, export_model
-    from optimum_wc.prequantized import detect_prequantized, read_prequantized_info
+    from optimum_wc.checkpoints.formats import detect_prequantized
+    from optimum_wc.ir.rt_info import read_prequantized_info
 
     fmt = detect_prequantized(args.model)
     if fmt is None:

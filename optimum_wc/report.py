@@ -4,8 +4,8 @@
 the IR's ``rt_info`` (mode, group size, weight count, relative quantization
 error, note) and adds totals, file sizes, timings and package versions;
 :func:`write_report` saves it; :func:`summary` renders it as text (the
-bit-width distribution table of :func:`optimum_wc.engine.bitwidth_table`,
-sizes and timings).  :func:`report_from_dir` rebuilds one from a saved IR
+bit-width distribution table of :func:`bitwidth_table`, which the engine
+also logs, sizes and timings).  :func:`report_from_dir` rebuilds one from a saved IR
 folder alone (``optimum-wc report``).
 
 :class:`Stages` records how long each step of an export takes and shows
@@ -22,9 +22,15 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .config import WeightCompressionConfig
+from .errors import OptimumWCError
+from .ir.rt_info import read_prequantized_info, read_rt_info
+from .layout import IR_BIN, IR_XML, REPORT_FILE
+
 __all__ = [
     "REPORT_FILE",
     "Stages",
+    "bitwidth_table",
     "build_report",
     "layer_table",
     "package_versions",
@@ -34,9 +40,7 @@ __all__ = [
     "write_report",
 ]
 
-REPORT_FILE = "compression_report.json"
 REPORT_VERSION = 1
-IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
 _PACKAGES = ("optimum-wc", "openvino", "openvino-tokenizers", "optimum", "optimum-intel", "transformers", "torch", "numpy", "nncf")
 # Layer record fields copied into the report, in this order.
 _LAYER_FIELDS = ("name", "kind", "shape", "mode", "group_size", "num_weights", "relative_error", "ratio_defining", "note", "ops")
@@ -102,6 +106,28 @@ def _label(record: Mapping[str, Any]) -> str:
 
 def _bits(mode: str) -> int:
     return 4 if mode.startswith("int4") else 8 if mode.startswith("int8") else 32
+
+
+def bitwidth_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """NNCF-style table: share of parameters (and layers) per mode, overall and among ratio-defining weights."""
+    rows: dict[str, list[list[int]]] = OrderedDict()
+    for r in records:
+        entry = rows.setdefault(_label(r), [[], []])
+        entry[0].append(r["num_weights"])
+        if r["ratio_defining"]:
+            entry[1].append(r["num_weights"])
+    total = sum(r["num_weights"] for r in records) or 1
+    total_rd = sum(r["num_weights"] for r in records if r["ratio_defining"]) or 1
+    n_layers, n_rd = len(records), sum(1 for r in records if r["ratio_defining"])
+    header = ["Weight compression mode", "% all parameters (layers)", "% ratio-defining parameters (layers)"]
+    body = [
+        [label, f"{100 * sum(a) / total:.0f}% ({len(a)} / {n_layers})", f"{100 * sum(b) / total_rd:.0f}% ({len(b)} / {n_rd})"]
+        for label, (a, b) in sorted(rows.items(), key=lambda kv: (_bits(kv[0]), kv[0]))
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(3)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join(["Bit-width distribution:", line, fmt(header), line, *map(fmt, body), line])
 
 
 def totals(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -177,8 +203,6 @@ def build_report(
     (kept float) gives an empty layer list and ``config: None``.
     """
     if rt_info is None and ov_model is not None:
-        from .graph import read_rt_info
-
         rt_info = read_rt_info(ov_model)
     config, records = rt_info if rt_info is not None else (None, [])
     layers = [{k: r.get(k) for k in _LAYER_FIELDS} for r in records]
@@ -195,20 +219,10 @@ def build_report(
         "versions": package_versions(),
         "layers": layers,
     }
-    prequantized = _prequantized_info(ov_model)
+    prequantized = None if ov_model is None else read_prequantized_info(ov_model)
     if prequantized is not None:  # a GPTQ/AWQ checkpoint's integer weights, kept as they were
         report["prequantized"] = prequantized
     return report
-
-
-def _prequantized_info(ov_model) -> Any:
-    key = ["optimum_wc", "prequantized"]
-    try:
-        if ov_model is None or not ov_model.has_rt_info(key):
-            return None
-        return json.loads(ov_model.get_rt_info(key).astype(str))
-    except (AttributeError, RuntimeError, ValueError):
-        return None
 
 
 def write_report(out_dir: str | Path, ov_model=None, **kwargs: Any) -> dict[str, Any]:
@@ -227,9 +241,6 @@ def report_from_dir(model_dir: str | Path) -> dict[str, Any]:
     id and versions come from ``compression_report.json`` when present.
     """
     import openvino as ov
-
-    from .errors import OptimumWCError
-    from .graph import read_rt_info
 
     model_dir = Path(model_dir)
     xml = model_dir / IR_XML
@@ -289,8 +300,6 @@ def layer_table(report: Mapping[str, Any]) -> str:
 
 def _config_text(config: Mapping[str, Any]) -> str:
     """The mode and the options that differ from their defaults (calibration settings only when data is used)."""
-    from .config import WeightCompressionConfig
-
     defaults = WeightCompressionConfig().to_dict()
     data_aware = any(config.get(k) for k in ("awq", "scale_estimation", "gptq", "lora_correction")) or (
         config.get("sensitivity_metric") not in (None, "weight_quantization_error")
@@ -309,8 +318,6 @@ def _config_text(config: Mapping[str, Any]) -> str:
 
 def summary(report: Mapping[str, Any]) -> str:
     """The bit-width distribution table, sizes and timings, as printed at the end of an export."""
-    from .engine import bitwidth_table
-
     lines = []
     if report.get("model"):
         lines.append(f"Model: {report['model']}")

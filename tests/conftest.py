@@ -64,7 +64,7 @@ def gpt2_dir(tmp_path_factory) -> Path:
 
 
 def _float_ir(model_dir: Path, out: Path) -> Path:
-    from optimum_wc.export import export_float_ir
+    from optimum_wc.export.float_ir import export_float_ir
 
     export_float_ir(model_dir, out)
     return out / "openvino_model.xml"
@@ -95,7 +95,7 @@ def read_ir():
 
 def run_logits(model, input_ids: np.ndarray, properties: dict[str, str] | None = None) -> np.ndarray:
     """Logits of a stateful OpenVINO causal LM for one batch of token ids (fresh state, f32)."""
-    from optimum_wc.inference import StatefulRunner
+    from optimum_wc.calibration.runners import StatefulRunner
 
     return StatefulRunner(model, properties=properties).logits(input_ids)
 

@@ -57,7 +57,7 @@ def cli_int4(llama_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
 
 
 def test_export_end_to_end(cli_int4, llama_dir, read_ir):
-    from optimum_wc.graph import read_rt_info
+    from optimum_wc.ir.rt_info import read_rt_info
 
     out, result = cli_int4
     assert result.returncode == 0, result.stderr[-3000:]
@@ -75,7 +75,7 @@ def test_export_end_to_end(cli_int4, llama_dir, read_ir):
 
 
 def test_optimum_cli_plugin_exports(llama_dir, tmp_path, read_ir):
-    from optimum_wc.graph import read_rt_info
+    from optimum_wc.ir.rt_info import read_rt_info
 
     out = tmp_path / "int4-sym"
     # optimum-cli's own form: -m MODEL, flags, output last; the task is inferred for a local folder
@@ -101,7 +101,7 @@ def test_optimum_cli_lists_the_command():
 
 
 def test_compress_eval_and_report(cli_int4, llama_ir, tmp_path, read_ir):
-    from optimum_wc.graph import read_rt_info
+    from optimum_wc.ir.rt_info import read_rt_info
 
     float_dir = llama_ir.parent
     out = tmp_path / "int8"
@@ -145,22 +145,16 @@ def test_compress_eval_and_report(cli_int4, llama_ir, tmp_path, read_ir):
     assert as_json["layers"] == saved["layers"] and as_json["totals"] == saved["totals"]
 
 
-def test_demo_on_the_tiny_model(llama_dir, tmp_path, capsys, monkeypatch):
-    """The demo's flow and table (in-process), with data-aware compression "not available yet"."""
-    import optimum_wc.cli.demo as demo
-    from optimum_wc import NotYetSupportedError
+def test_demo_on_the_tiny_model(llama_dir, tmp_path, capsys):
+    """The demo's flow and table (in-process): float, INT4 and INT4 + AWQ + SE on self-generated calibration text."""
     from optimum_wc.cli import main
 
-    def not_yet(*args, **kwargs):
-        raise NotYetSupportedError("data-aware compression is not implemented")
-
-    monkeypatch.setattr(demo, "compress_ir", not_yet)
     logger = logging.getLogger("optimum_wc")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     environ = dict(os.environ)  # the CLI turns third-party progress bars and chatter off through the environment
     try:
         code = main(["demo", str(tmp_path / "demo"), "--model", str(llama_dir), "--tokens", "300",
-                     "--max-new-tokens", "6", "--quiet"])
+                     "--max-new-tokens", "6", "--num-samples", "4", "--quiet"])
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved
         os.environ.clear()
@@ -172,7 +166,10 @@ def test_demo_on_the_tiny_model(llama_dir, tmp_path, capsys, monkeypatch):
     assert code == 0
     table = out.split("Q: ")[0]
     rows = {line.split("  ")[0].strip(): line for line in table.splitlines() if line.startswith(("float ", "INT4 "))}
-    assert "not available yet" in rows["INT4 + AWQ + SE"]
+    figures = lambda name: rows[name][len(name):].split()  # noqa: E731 - the columns after the name
+    assert len(figures("INT4 + AWQ + SE")) == len(figures("INT4")) == 5  # a full row of figures
+    aware = json.loads((tmp_path / "demo" / "int4-awq-se" / "compression_report.json").read_text())
+    assert aware["config"]["awq"] and aware["config"]["scale_estimation"] and aware["config"]["dataset"] == "auto"
     assert "100.0" in rows["float"]  # top-1 agreement of the reference with itself
     assert "Q: What is the capital of France?" in out
     assert (tmp_path / "demo" / "float" / "compression_report.json").is_file()

@@ -88,7 +88,10 @@ def test_unknown_key_in_from_dict_is_an_error():
 def test_data_aware_fields_exist_and_round_trip():
     c = WeightCompressionConfig(mode="int4_asym", awq=True, scale_estimation=True, dataset="wikitext2", subset_size=64)
     assert WeightCompressionConfig.from_dict(c.to_dict()) == c
-    assert c.data_aware_options == ["awq", "scale_estimation"]
+    assert c.data_aware_algorithms == ("awq", "scale_estimation") and c.needs_data and not c.sensitivity_needs_data
+    mixed = WeightCompressionConfig(mode="int4_asym", ratio=0.8, sensitivity_metric="max_activation_variance", dataset="x")
+    assert mixed.data_aware_algorithms == () and mixed.sensitivity_needs_data and mixed.needs_data
+    assert not WeightCompressionConfig(mode="int4_asym", ratio=0.8).needs_data
     # a dataset object is never written into the config file
     assert WeightCompressionConfig(mode="int4_asym", awq=True, dataset=["some text"]).to_dict()["dataset"] is None
 

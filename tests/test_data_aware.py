@@ -10,13 +10,14 @@ import pytest
 
 from conftest import CALIBRATION_TEXT, run_logits
 from optimum_wc import ConfigError, WeightCompressionConfig, compress_model
-from optimum_wc.awq import awq_loss, search_scales, smoothing_scales
-from optimum_wc.calibration import prepare_samples
+from optimum_wc.quant.awq_search import awq_loss, search_scales, smoothing_scales
+from optimum_wc.calibration.samples import prepare_samples
 from optimum_wc.config import CompressWeightsMode as M
-from optimum_wc.graph import find_weight_sites, read_rt_info
-from optimum_wc.lowering import dequantize, quantize
-from optimum_wc.scale_estimation import estimate_scales
-from optimum_wc.statistics import collect_statistics
+from optimum_wc.ir.rt_info import read_rt_info
+from optimum_wc.ir.sites import find_weight_sites
+from optimum_wc.quant.lowering import dequantize, quantize
+from optimum_wc.quant.scale_estimation import estimate_scales
+from optimum_wc.calibration.statistics import collect_statistics
 
 CALIB = CALIBRATION_TEXT
 
@@ -174,9 +175,9 @@ def test_statistics_cache_is_reused(llama_ir, tokenizer, read_ir, tmp_path, monk
     samples = prepare_samples(CALIB, tokenizer, 2, 16)
     sites = find_weight_sites(model)[0]
     first = collect_statistics(model, sites, samples, cache_path=tmp_path / "stats.npz")
-    import optimum_wc.inference as inference
+    import optimum_wc.calibration.statistics as statistics
 
-    monkeypatch.setattr(inference, "StatisticsRunner", lambda *a, **k: pytest.fail("statistics were recomputed"))
+    monkeypatch.setattr(statistics, "StatisticsRunner", lambda *a, **k: pytest.fail("statistics were recomputed"))
     again = collect_statistics(model, sites, samples, cache_path=tmp_path / "stats.npz")
     name = sites[1].name
     assert np.allclose(first[name].mean_abs, again[name].mean_abs) and np.array_equal(first[name].rows, again[name].rows)

@@ -12,12 +12,12 @@ from conftest import constant_codes, run_logits
 from optimum_wc import (
     ConfigError,
     GroupSizeError,
-    NotYetSupportedError,
     WeightCompressionConfig,
     compress_model,
 )
-from optimum_wc.graph import find_weight_sites, read_rt_info, read_weight
-from optimum_wc.lowering import quantize
+from optimum_wc.ir.rt_info import read_rt_info
+from optimum_wc.ir.sites import find_weight_sites, read_weight
+from optimum_wc.quant.lowering import quantize
 from optimum_wc.config import CompressWeightsMode
 
 INT_TYPES = {ov.Type.u4: "u4", ov.Type.i4: "i4", ov.Type.u8: "u8", ov.Type.i8: "i8"}
@@ -136,7 +136,7 @@ def test_ratio_counts_parameters_not_layers(llama_ir, read_ir):
 
 
 def test_mixed_precision_puts_the_least_int8_friendly_layers_in_4_bit(llama_ir, read_ir):
-    from optimum_wc.lowering import int8_error_sensitivity
+    from optimum_wc.quant.lowering import int8_error_sensitivity
 
     reference = read_ir(llama_ir)
     scores = {s.name: int8_error_sensitivity(read_weight(s), s.reduction_axis) for s in find_weight_sites(reference)[0]}
@@ -247,18 +247,10 @@ def test_bitwidth_table_is_logged(llama_ir, read_ir, caplog):
     assert "Bit-width distribution" in text and "int4_asym, group size 32" in text and "int8_asym, per-channel" in text
 
 
-def test_gptq_and_lora_correction_are_implemented(llama_ir, read_ir):
-    """Formerly refused with NotYetSupportedError; end-to-end checks live in test_gptq_lora.py."""
-    from optimum_wc.engine import _check_supported
-
-    for extra in (dict(gptq=True), dict(lora_correction=True, awq=True)):
-        _check_supported(WeightCompressionConfig(mode="int4_asym", dataset=["text"], **extra), ["text"])
-
-
 def test_strided_scales_make_a_valid_subgraph():
     """A non-contiguous f16 scale array once became an i16 constant; the subgraph must stay f16."""
-    from optimum_wc.graph import decompression_subgraph
-    from optimum_wc.lowering import CompressedWeight
+    from optimum_wc.ir.decompression import decompression_subgraph
+    from optimum_wc.quant.lowering import CompressedWeight
 
     rng = np.random.default_rng(0)
     scale = np.asfortranarray(rng.uniform(0.01, 0.1, size=(8, 4, 1)).astype(np.float32))[:, ::1]

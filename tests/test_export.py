@@ -11,7 +11,7 @@ import openvino as ov
 import pytest
 
 from optimum_wc import ExportError, WeightCompressionConfig
-from optimum_wc.graph import read_rt_info
+from optimum_wc.ir.rt_info import read_rt_info
 
 
 @pytest.fixture(autouse=True)

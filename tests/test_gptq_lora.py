@@ -12,10 +12,11 @@ from conftest import CALIBRATION_TEXT, run_logits
 from test_data_aware import output_error, outlier_layer
 from optimum_wc import WeightCompressionConfig, compress_model
 from optimum_wc.config import CompressWeightsMode as M
-from optimum_wc.graph import read_rt_info, read_weight
-from optimum_wc.gptq import gptq_quantize
-from optimum_wc.lora_correction import fit_lora
-from optimum_wc.lowering import asymmetric_params, dequantize, levels, quantize, symmetric_scale
+from optimum_wc.ir.rt_info import read_rt_info
+from optimum_wc.ir.sites import read_weight
+from optimum_wc.quant.gptq import gptq_quantize
+from optimum_wc.quant.lora import fit_lora
+from optimum_wc.quant.lowering import asymmetric_params, dequantize, levels, quantize, symmetric_scale
 
 CALIB = CALIBRATION_TEXT
 CASES = [(M.INT4_ASYM, 32), (M.INT4_SYM, 32), (M.INT4_ASYM, -1), (M.INT4_SYM, 16)]
@@ -193,7 +194,7 @@ def test_gptq_same_data_same_bytes(llama_ir, tokenizer, read_ir, tmp_path):
 
 
 def _passes(model, per_pass: int = 4):
-    from optimum_wc.graph import activation_source, find_weight_sites, ops_by_name, topological_positions
+    from optimum_wc.ir.sites import activation_source, find_weight_sites, ops_by_name, topological_positions
 
     nodes, position = ops_by_name(model), topological_positions(model)
     sites = [s for s in find_weight_sites(model)[0] if s.kind == "matmul" and "lm_head" not in s.op_names[0]]
@@ -204,9 +205,11 @@ def _passes(model, per_pass: int = 4):
 @pytest.mark.parametrize("fixture", ["llama_ir", "gpt2_ir"])
 def test_layerwise_passes_see_the_partially_compressed_model(fixture, request, read_ir, tokenizer):
     """Pass j, run from boundary j - 1 only, gives the X^T X of a full run of the model compressed so far."""
-    from optimum_wc.graph import activation_source, ops_by_name, replace_with_compressed, statistics_model, Probe
-    from optimum_wc.inference import StatisticsRunner
-    from optimum_wc.statistics import LayerwiseHessians
+    from optimum_wc.calibration.hessians import LayerwiseHessians
+    from optimum_wc.calibration.runners import StatisticsRunner
+    from optimum_wc.ir.decompression import replace_with_compressed
+    from optimum_wc.ir.probes import Probe, statistics_model
+    from optimum_wc.ir.sites import activation_source, ops_by_name
 
     model = read_ir(request.getfixturevalue(fixture))
     sites, passes = _passes(model)
@@ -232,7 +235,7 @@ def test_layerwise_passes_see_the_partially_compressed_model(fixture, request, r
 
 
 def test_layers_sharing_an_input_are_quantized_as_if_alone():
-    from optimum_wc.gptq import gptq_quantize_layers
+    from optimum_wc.quant.gptq import gptq_quantize_layers
 
     w, x = correlated_layer(3)
     h = hessian(x)
@@ -246,7 +249,7 @@ def test_layers_sharing_an_input_are_quantized_as_if_alone():
 
 
 def test_randomized_low_rank_factors_are_as_good_as_the_exact_truncated_svd():
-    from optimum_wc.lora_correction import low_rank_factors, whitened_factor
+    from optimum_wc.quant.lora import low_rank_factors, whitened_factor
 
     w, x = correlated_layer(5, out=48, cin=64)
     e = w - dequantize(quantize(w, M.INT4_ASYM, 32, 1))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from optimum_wc.config import CompressWeightsMode as M
-from optimum_wc.graph import pack_nibbles
-from optimum_wc.lowering import dequantize, int8_error_sensitivity, quantize
+from optimum_wc.quant.bitpack import pack_nibbles
+from optimum_wc.quant.lowering import dequantize, int8_error_sensitivity, quantize
 
 
 def reference_quantize(w: np.ndarray, mode: M, group_size: int):
@@ -112,7 +112,7 @@ def test_pack_nibbles_round_trip(signed):
 
 @pytest.mark.parametrize("mode, gs", [(M.INT4_ASYM, 32), (M.INT4_SYM, 16), (M.INT8_ASYM, -1), (M.INT8_SYM, -1)])
 def test_quantize_dequantize_equals_the_stored_path(mode, gs):
-    from optimum_wc.lowering import quantize_dequantize
+    from optimum_wc.quant.lowering import quantize_dequantize
 
     w = np.random.default_rng(7).standard_normal((24, 64)).astype(np.float32)
     assert np.array_equal(quantize_dequantize(w, mode, gs, 1), dequantize(quantize(w, mode, gs, 1)))

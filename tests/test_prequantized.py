@@ -34,17 +34,12 @@ from gptq_writer import (
 )
 from optimum_wc import ExportError, WeightCompressionConfig
 from optimum_wc.config import CompressWeightsMode
-from optimum_wc.prequantized import (
-    PrequantizedCheckpoint,
-    PrequantizedFormat,
-    apply_prequantized,
-    convert_gptq_layer,
-    detect_prequantized,
-    read_prequantized_info,
-    unpack_along_columns,
-    unpack_along_rows,
-    unpack_awq,
-)
+from optimum_wc.checkpoints.formats import PrequantizedFormat, detect_prequantized
+from optimum_wc.checkpoints.layers import convert_gptq_layer
+from optimum_wc.checkpoints.reader import PrequantizedCheckpoint
+from optimum_wc.export.prequantized import apply_prequantized
+from optimum_wc.ir.rt_info import read_prequantized_info
+from optimum_wc.quant.bitpack import unpack_along_columns, unpack_along_rows, unpack_awq
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = np.random.default_rng(0).integers(3, 500, size=(2, 16)).astype(np.int64)
@@ -261,6 +256,9 @@ def test_from_pretrained_export_with_int8_embeddings(llama_dir, tmp_path):
     assert reloaded.wc_config == config
     check_ir_matches_planted(reloaded.model, planted, 4, True)
     assert {"tokenizer.json", "optimum_wc_config.json"} <= set(os.listdir(saved))
+    # the integers are in the graph: the saved model no longer claims to be a GPTQ checkpoint
+    assert "quantization_config" not in json.loads((saved / "config.json").read_text())
+    assert getattr(reloaded.config, "quantization_config", None) is None
 
 
 def test_example_converts_without_gptq_libraries_or_cuda(llama_dir, tmp_path):
@@ -395,7 +393,7 @@ def test_stock_optimum_intel_class_exports_gptq_through_us(llama_dir, tmp_path, 
 def test_staging_without_dequantized_layers_writes_only_the_float_parts(llama_dir, tmp_path):
     from safetensors import safe_open
 
-    from optimum_wc.prequantized import stage_float_checkpoint
+    from optimum_wc.checkpoints.staging import stage_float_checkpoint
 
     ckpt_dir = tmp_path / "gptq"
     planted = write_checkpoint(llama_dir, ckpt_dir, group_size=32)

@@ -16,7 +16,7 @@ CODE_TYPES = {"int4_asym": "u4", "int4_sym": "i4", "int8_asym": "u8", "int8_sym"
 
 @pytest.fixture(scope="module")
 def exported(llama_dir, tmp_path_factory) -> Path:
-    from optimum_wc.export import export_model
+    from optimum_wc import export_model
 
     out = tmp_path_factory.mktemp("report") / "int4"
     config = WeightCompressionConfig(mode="int4_asym", group_size=32, ratio=0.8, backup_mode="int8_sym")
@@ -42,7 +42,7 @@ def test_export_writes_the_report(exported, llama_dir):
 
 
 def test_report_figures_agree_with_the_ir(exported, read_ir):
-    from optimum_wc.graph import read_rt_info
+    from optimum_wc.ir.rt_info import read_rt_info
 
     report = json.loads((exported / "compression_report.json").read_text())
     model = read_ir(exported / "openvino_model.xml")
@@ -117,11 +117,11 @@ def test_float_export_report(llama_ir, tmp_path):
 
 
 def test_compress_ir_report(llama_ir, tmp_path, read_ir):
-    from optimum_wc.cli.commands import compress_ir
-    from optimum_wc.graph import read_rt_info
+    from optimum_wc.export.pipeline import compress_ir_folder
+    from optimum_wc.ir.rt_info import read_rt_info
 
     out = tmp_path / "int8"
-    report = compress_ir(llama_ir.parent, out, WeightCompressionConfig(mode="int8_sym"))
+    report = compress_ir_folder(llama_ir.parent, out, WeightCompressionConfig(mode="int8_sym"))
     assert json.loads((out / "compression_report.json").read_text())["layers"] == report["layers"]
     assert report["source"] == "compress" and report["totals"]["compressed_layers"] == report["totals"]["layers"] > 0
     _, records = read_rt_info(read_ir(out / "openvino_model.xml"))

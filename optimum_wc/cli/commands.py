@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -15,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WeightCompressionConfig
-from ..errors import ExportError, OptimumWCError
+from ..errors import OptimumWCError
+from ..layout import IR_XML, REPORT_FILE
 from .options import UsageError, check_output_dir, config_from_args, export_model_arg, resolve_task
-
-IR_XML, IR_BIN = "openvino_model.xml", "openvino_model.bin"
 
 
 # -- console ------------------------------------------------------------------
@@ -91,7 +88,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     check_output_dir(output)
     console = Console(args)
-    from ..export import check_model_source, export_model
+    from ..export.float_ir import check_model_source
+    from ..export.pipeline import export_folder
 
     check_model_source(model, args.trust_remote_code)  # a missing or wrong model fails before any message
     console.say(f"Exporting {model} -> {output} ({_describe(config)})")
@@ -99,8 +97,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
     if not console.verbose:
         _quiet_third_party(console.progress)
     start = time.perf_counter()
-    export_model(model, output, config, task=task, trust_remote_code=args.trust_remote_code, load=False,
-                 progress=console.progress)
+    export_folder(model, output, config, task=task, trust_remote_code=args.trust_remote_code,
+                  progress=console.progress)
     console.say(f"Done in {time.perf_counter() - start:.1f} s")
     return _print_summary(output, console)
 
@@ -116,7 +114,7 @@ def _describe(config: WeightCompressionConfig | None) -> str:
 
 
 def _print_summary(output: Path, console: Console) -> dict:
-    from ..report import REPORT_FILE, summary
+    from ..report import summary
 
     path = output / REPORT_FILE
     report = json.loads(path.read_text()) if path.is_file() else {}
@@ -129,67 +127,12 @@ def _print_summary(output: Path, console: Console) -> dict:
 # -- compress -----------------------------------------------------------------
 
 
-def check_ir_input(input_dir: Path) -> None:
-    """An IR folder to compress: it exists and holds ``openvino_model.xml``."""
-    if not input_dir.is_dir():
-        raise ExportError(f"IR folder {str(input_dir)!r} not found; pass a folder holding {IR_XML} and {IR_BIN}.")
-    if not (input_dir / IR_XML).is_file():
-        hint = " (it is a Transformers checkpoint: use `optimum-wc export`)" if (input_dir / "config.json").is_file() else ""
-        raise ExportError(f"{input_dir} holds no {IR_XML}{hint}; pass an OpenVINO IR folder.")
-
-
-def compress_ir(input_dir: str | Path, output_dir: str | Path, config: WeightCompressionConfig, *,
-                progress: bool = False, tokenizer: Any = None) -> dict:
-    """Compress the IR in ``input_dir`` into ``output_dir`` (the other files copied); return the report.
-
-    The new folder is written beside the target and moved into place once
-    complete.  Calibration text (data-aware options) is tokenised with the
-    tokenizer saved in ``input_dir`` unless ``tokenizer`` is given.
-    """
-    import openvino as ov
-
-    from ..engine import compress_model
-    from ..export import CONFIG_FILE, move_into_place, staging_dir
-    from ..graph import read_rt_info
-    from ..report import REPORT_FILE, Stages, write_report
-
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    check_ir_input(input_dir)
-    stages = Stages(("read", "compress", "save"), progress, desc="Compress")
-    with staging_dir(output_dir) as tmp:
-        stages.start("read")
-        try:
-            model = ov.Core().read_model(input_dir / IR_XML)
-        except Exception as exc:  # noqa: BLE001 - openvino raises RuntimeError with pages of text
-            raise ExportError(f"cannot read {input_dir / IR_XML}: {' '.join(str(exc).split())[:300]}") from exc
-        if read_rt_info(model) is not None:
-            raise ExportError(f"{input_dir} was already compressed by optimum-wc; pass the float IR it was made from.")
-        stages.start("compress")
-        kwargs: dict[str, Any] = {"progress": progress}
-        if config.data_aware_options and "tokenizer" in inspect.signature(compress_model).parameters:
-            kwargs["tokenizer"] = tokenizer if tokenizer is not None else _load_tokenizer(input_dir, required=False)
-        compress_model(model, config, **kwargs)
-        stages.start("save")
-        ov.save_model(model, tmp / IR_XML, compress_to_fp16=False)
-        report = write_report(tmp, model, model_id=str(input_dir), timings=stages.close(),
-                              float_bin=input_dir / IR_BIN, source="compress")
-        del model
-        for item in sorted(input_dir.iterdir()):
-            if item.name in (IR_XML, IR_BIN, REPORT_FILE, CONFIG_FILE) or item.name.startswith("."):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
-            else:
-                shutil.copy2(item, tmp / item.name)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        move_into_place(tmp, output_dir)
-    return report
-
-
 def cmd_compress(args: argparse.Namespace) -> dict:
     config = config_from_args(args)
     if config is None:
         raise UsageError("--weight-format fp32 asks for no compression; choose int8 or int4 (or copy the folder).")
+    from ..export.pipeline import check_ir_input, compress_ir_folder
+
     input_dir, output = Path(args.input), Path(args.output)
     check_ir_input(input_dir)
     check_output_dir(output)
@@ -198,23 +141,12 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     if not console.verbose:
         _quiet_third_party(console.progress)
     start = time.perf_counter()
-    compress_ir(input_dir, output, config, progress=console.progress)
+    compress_ir_folder(input_dir, output, config, progress=console.progress)
     console.say(f"Done in {time.perf_counter() - start:.1f} s")
     return _print_summary(output, console)
 
 
 # -- eval -------------------------------------------------------------------
-
-
-def _load_tokenizer(model_dir: Path, required: bool = True):
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... here
-        if not required:
-            return None
-        raise OptimumWCError(f"cannot load the tokenizer saved in {model_dir}: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def _check_ir_dir(path: Path, what: str) -> None:
@@ -253,7 +185,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     text, source = eval_text(args)
     if not console.verbose:
         _quiet_third_party(console.progress)
-    tokenizer = _load_tokenizer(model_dir)
+    from ..calibration.samples import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
     tokens = evaluation.tokenize_prefix(tokenizer, text, args.tokens)
     console.say(f"Evaluating {model_dir} on {len(tokens)} tokens of {source}"
                 + (f" against {reference}" if reference else ""))
@@ -293,15 +227,12 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def format_eval_table(rows: list[tuple[str, dict]], note: dict[str, str] | None = None) -> str:
+def format_eval_table(rows: list[tuple[str, dict]]) -> str:
     """Rows of name -> metrics (size_bytes, perplexity, top1_agreement, kl_divergence, tokens_per_s)."""
     from ..report import _table
 
     body = []
     for name, r in rows:
-        if note and name in note:
-            body.append([name, note[name], "", "", "", ""])
-            continue
         body.append([
             name,
             _fmt(None if r.get("size_bytes") is None else r["size_bytes"] / 2**20, ".1f"),

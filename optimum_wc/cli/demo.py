@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import WeightCompressionConfig
-from ..errors import NotYetSupportedError
-from .commands import Console, _quiet_third_party, compress_ir, format_eval_table
+from .commands import Console, _quiet_third_party, format_eval_table
 from .options import UsageError, check_output_dir
 
 FLOAT, INT4, AWARE = "float", "INT4", "INT4 + AWQ + SE"
@@ -57,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     from transformers import AutoTokenizer
 
-    from ..export import export_model
+    from ..export.pipeline import compress_ir_folder, export_folder
     from ..models import prepare_smollm2
 
     if not console.verbose:
@@ -71,10 +70,10 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     dirs = {FLOAT: out / "float", INT4: out / "int4", AWARE: out / "int4-awq-se"}
 
     console.say(f"Exporting the float model -> {dirs[FLOAT]}")
-    export_model(model_dir, dirs[FLOAT], None, load=False, progress=console.progress)
+    export_folder(model_dir, dirs[FLOAT], None, progress=console.progress)
     int4 = WeightCompressionConfig(mode="int4_asym")  # what `optimum-cli ... --weight-format int4` asks for
     console.say(f"Exporting INT4 (data-free: int4_asym, group size 128, ratio 1.0) -> {dirs[INT4]}")
-    export_model(model_dir, dirs[INT4], int4, load=False, progress=console.progress)
+    export_folder(model_dir, dirs[INT4], int4, progress=console.progress)
 
     tokenizer = AutoTokenizer.from_pretrained(dirs[FLOAT])
     if user_text is not None:
@@ -89,19 +88,29 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         calibration, source = "auto", "a built-in excerpt of Pride and Prejudice"
         calib_source = "text the model generates itself"
 
-    notes: dict[str, str] = {}
     aware = WeightCompressionConfig(mode="int4_asym", awq=True, scale_estimation=True, dataset=calibration,
                                     subset_size=args.num_samples)
     console.say(f"Compressing INT4 with AWQ + scale estimation, calibrated on {calib_source} -> {dirs[AWARE]} "
                 "(the longest step: a few minutes on a small CPU)")
-    try:
-        compress_ir(dirs[FLOAT], dirs[AWARE], aware, progress=console.progress, tokenizer=tokenizer)
-    except NotYetSupportedError as exc:
-        notes[AWARE] = "not available yet"
-        console.say(f"AWQ + scale estimation: not available yet in this optimum-wc ({exc})")
-    rows = [name for name in (FLOAT, INT4, AWARE) if name not in notes]
+    compress_ir_folder(dirs[FLOAT], dirs[AWARE], aware, progress=console.progress, tokenizer=tokenizer)
+    rows = [FLOAT, INT4, AWARE]
 
     console.say(f"Evaluating on {len(tokens)} tokens of {source}")
+    metrics = _measure(dirs, rows, tokens, tokenizer, args, console)
+
+    _print_results(console, metrics, rows, f"{model_dir.name}: float vs INT4 ({len(tokens)} evaluation tokens of "
+                   f"{source}; top-1 agreement and KL against the float model)", args.prompt)
+    console.out(f"\nModels in {out}/ (compression_report.json beside each); "
+                f"done in {time.perf_counter() - start:.0f} s. Reproduce INT4 with:\n"
+                f"  optimum-wc export {model_dir} {dirs[INT4]} --weight-format int4")
+    return {"metrics": metrics}
+
+
+def _measure(dirs: dict[str, Path], rows: list[str], tokens, tokenizer, args: argparse.Namespace,
+             console: Console) -> dict[str, dict[str, Any]]:
+    """Perplexity, top-1 agreement and KL against the float model, generation speed and one answer of each model."""
+    from .. import evaluation
+
     compiled = {name: evaluation.compile_model(dirs[name]) for name in rows}
     results = evaluation.evaluate_many(compiled, tokens, compiled[FLOAT], progress=console.progress)
     del compiled
@@ -115,16 +124,15 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         metrics[name]["answer"] = tokenizer.decode(gen.tokens, skip_special_tokens=True).strip()
         metrics[name]["size_bytes"] = evaluation.ir_size(dirs[name])
         metrics[name]["path"] = str(dirs[name])
+    return metrics
 
-    console.out(f"\n{model_dir.name}: float vs INT4 ({len(tokens)} evaluation tokens of {source}; "
-                "top-1 agreement and KL against the float model)\n")
-    console.out(format_eval_table([(name, metrics.get(name, {})) for name in (FLOAT, INT4, AWARE)], notes))
-    console.out(f"\nQ: {args.prompt}")
-    width = max(len(n) for n in (FLOAT, INT4, AWARE))
-    for name in (FLOAT, INT4, AWARE):
-        answer = notes.get(name) or metrics[name]["answer"] or "(empty answer)"
+
+def _print_results(console: Console, metrics: dict[str, dict[str, Any]], rows: list[str], title: str,
+                   prompt: str) -> None:
+    console.out(f"\n{title}\n")
+    console.out(format_eval_table([(name, metrics[name]) for name in rows]))
+    console.out(f"\nQ: {prompt}")
+    width = max(len(n) for n in rows)
+    for name in rows:
+        answer = metrics[name]["answer"] or "(empty answer)"
         console.out(f"{name.ljust(width)} : {' '.join(answer.split())}")
-    console.out(f"\nModels in {out}/ (compression_report.json beside each); "
-                f"done in {time.perf_counter() - start:.0f} s. Reproduce INT4 with:\n"
-                f"  optimum-wc export {model_dir} {dirs[INT4]} --weight-format int4")
-    return {"metrics": metrics, "notes": notes}

@@ -11,9 +11,10 @@ then compiled.  Every other call goes to optimum-intel unchanged.  (Its
 ``quantization_config`` is given.)  ``_save_openvino_config`` is wrapped too,
 so ``save_pretrained`` writes our config beside the IR.  The decoder module's
 ``main_export`` (what ``from_pretrained(..., export=True)`` calls) is wrapped
-so that a local GPTQ/AWQ checkpoint is exported by
-:func:`optimum_wc.prequantized.export_prequantized_ir`, keeping its integer
-weights, instead of needing ``gptqmodel`` and CUDA.
+so that every checkpoint goes through our one dispatch point,
+:func:`optimum_wc.export.pipeline.export_ir`: a local GPTQ/AWQ checkpoint is
+exported keeping its integer weights (no ``gptqmodel``, no CUDA), anything
+else goes on to optimum-intel's exporter unchanged.
 
 The wrap is installed when ``optimum.intel.openvino.modeling_decoder`` is
 imported (or at once if it already is), so importing optimum_wc stays cheap.
@@ -21,13 +22,16 @@ imported (or at once if it already is), so importing optimum_wc stays cheap.
 
 from __future__ import annotations
 
+import copy
 import importlib.abc
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
-CONFIG_FILE = "optimum_wc_config.json"
+from ..config import WeightCompressionConfig
+from ..layout import CONFIG_FILE, write_config_file
+
 _TARGET = "optimum.intel.openvino.modeling_decoder"
 _BASE = "optimum.intel.openvino.modeling_base"
 
@@ -39,20 +43,19 @@ def _wrap(decoder_module, base_module) -> None:
     original = cls.__dict__["_from_pretrained"].__func__
 
     def _from_pretrained(klass, model_id, config, *args, quantization_config=None, **kwargs):
-        from .config import WeightCompressionConfig
-
+        config = _without_stale_quantization_config(model_id, config)
         if not isinstance(quantization_config, WeightCompressionConfig):
             model = original(klass, model_id, config, *args, quantization_config=quantization_config, **kwargs)
             saved = Path(str(model_id)) / CONFIG_FILE
             if quantization_config is None and saved.is_file():
                 model._wc_config = WeightCompressionConfig.from_json(saved)
             return model
-        from .engine import compress_model
+        from ..engine import compress_model
 
         compile_model = kwargs.pop("compile", True)
         model = original(klass, model_id, config, *args, quantization_config=None, compile=False, **kwargs)
         tokenizer = None
-        if quantization_config.data_aware_options:
+        if quantization_config.needs_data:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(getattr(config, "name_or_path", None) or model_id)
@@ -68,16 +71,11 @@ def _wrap(decoder_module, base_module) -> None:
     original_export = decoder_module.main_export
 
     def main_export(model_name_or_path, output, *args, **kwargs):
-        """optimum-intel's ``_export``: a local GPTQ/AWQ checkpoint is exported by us, keeping its integers."""
-        from .prequantized import detect_prequantized, export_prequantized_ir
+        """optimum-intel's ``_export``, through our dispatch point (GPTQ/AWQ: exported by us, keeping the integers)."""
+        from ..export.pipeline import export_ir
 
-        path = Path(str(model_name_or_path))
-        fmt = detect_prequantized(path) if path.is_dir() else None
-        if fmt is None:
-            return original_export(model_name_or_path, output, *args, **kwargs)
-        export_prequantized_ir(path, Path(output), fmt, task=kwargs.get("task"),
-                               trust_remote_code=kwargs.get("trust_remote_code", False))
-        return None
+        export_ir(model_name_or_path, Path(output), kwargs.get("task"), kwargs.get("trust_remote_code", False),
+                  float_export=lambda: original_export(model_name_or_path, output, *args, **kwargs))
 
     decoder_module.main_export = main_export
 
@@ -87,10 +85,31 @@ def _wrap(decoder_module, base_module) -> None:
     def _save_openvino_config(self, save_directory):
         wc_config = getattr(self, "_wc_config", None)
         if wc_config is not None:
-            (Path(save_directory) / CONFIG_FILE).write_text(json.dumps(wc_config.to_dict(), indent=2, sort_keys=True))
+            write_config_file(Path(save_directory), wc_config.to_dict())
         return original_save(self, save_directory)
 
     base._save_openvino_config = _save_openvino_config
+
+
+def _without_stale_quantization_config(model_id, config):
+    """``config`` without the ``quantization_config`` that the IR folder ``model_id``'s own config.json lacks.
+
+    A GPTQ/AWQ checkpoint exported through the hook is an IR whose integer
+    weights are already in the graph: its config.json has no
+    ``quantization_config``, and the model's config must not claim one either
+    (it would be saved again by ``save_pretrained``).
+    """
+    saved = Path(str(model_id)) / "config.json"
+    if getattr(config, "quantization_config", None) is None or not saved.is_file():
+        return config
+    try:
+        if "quantization_config" in json.loads(saved.read_text()):
+            return config
+    except (OSError, ValueError):
+        return config
+    config = copy.deepcopy(config)
+    del config.quantization_config
+    return config
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError, OptimumWCError
 
 PREDEFINED = {
     "wikitext2": ("wikitext", "wikitext-2-raw-v1", "train", "text"),
@@ -73,6 +73,18 @@ def prepare_samples(
         f"dataset of type {type(data).__name__} is not supported; pass a list of texts, a text file, "
         "a datasets.Dataset, an iterable of dicts with 'input_ids', or 'auto'."
     )
+
+
+def load_tokenizer(folder: str | os.PathLike, required: bool = True) -> Any:
+    """The tokenizer saved in ``folder``; without one, an error naming the folder (or None if not ``required``)."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... here
+        if not required:
+            return None
+        raise OptimumWCError(f"cannot load the tokenizer saved in {folder}: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def _need_tokenizer(tokenizer: Any, what: str) -> Any:
@@ -174,7 +186,7 @@ def _auto_samples(ov_model: Any, tokenizer: Any, subset_size: int, sample_length
     """Text the float model writes itself: top-k sampling (k=20) from seed prompts, fixed seed."""
     if ov_model is None:
         raise ConfigError("dataset='auto' needs the float model to generate text; it is only available through compress_model/export.")
-    from .inference import StatefulRunner
+    from .runners import StatefulRunner
 
     runner = StatefulRunner(ov_model)
     rng = np.random.default_rng(seed)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from .config import (
+from ..config import (
     MIN_ADJUSTED_GROUP_SIZE,
     CompressWeightsMode,
     GroupSizeFallback,
     IgnoredScope,
     WeightCompressionConfig,
 )
-from .errors import ConfigError, GroupSizeError
-from .graph import WeightSite
+from ..errors import ConfigError, GroupSizeError
+from ..ir.sites import WeightSite
 
 
 @dataclass
@@ -32,6 +32,21 @@ class LayerPlan:
     group_size: int
     ratio_defining: bool = False
     note: str = ""  # why it is not in the primary mode, or that its group size was adjusted
+
+    def record(self) -> dict[str, Any]:
+        """The layer's entry of the IR's rt_info and of the report (``relative_error`` filled in when compressed)."""
+        return {
+            "name": self.site.name,
+            "ops": list(self.site.op_names),
+            "kind": self.site.kind,
+            "shape": list(self.site.shape),
+            "num_weights": self.site.num_weights,
+            "mode": self.mode.value if self.mode else "float",
+            "group_size": self.group_size if self.mode else None,
+            "ratio_defining": self.ratio_defining,
+            "note": self.note,
+            "relative_error": None if self.mode else 0.0,
+        }
 
 
 def ignored_site_names(sites: Sequence[WeightSite], scope: IgnoredScope) -> set[str]:

@@ -19,7 +19,7 @@ and quantized in turn.  The adapter is kept only if it lowers ``L`` on the
 calibration inputs, so a layer with an adapter is never worse than without.
 
 Statistics: ``H`` is the full ``X^T X`` over every calibration token, from
-the same per-layer passes as GPTQ (:class:`optimum_wc.statistics.LayerwiseHessians`)
+the same per-layer passes as GPTQ (:class:`optimum_wc.calibration.hessians.LayerwiseHessians`)
 on the partially compressed model, not the bounded row subsample
 (``ActivationStats.rows``), whose ``in x in`` covariance would have rank at
 most the number of kept rows.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CompressWeightsMode
+from ..config import CompressWeightsMode
 from .lowering import CompressedWeight, dequantize, quantize
 
 DEFAULT_RANK = 8

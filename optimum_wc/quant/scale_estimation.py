@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import CompressWeightsMode
-from .lowering import CompressedWeight, _rounded_levels, quantize
+from ..config import CompressWeightsMode
+from .lowering import CompressedWeight, rounded_levels, quantize
 
 GRID = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1)
 _TINY = 1e-12
@@ -55,9 +55,7 @@ def estimate_scales(
     w2 = np.ascontiguousarray(w.T) if transposed else w
     out_ch, in_ch = w2.shape
     gs = in_ch if group_size == -1 else group_size
-    rtn = quantize(w2, mode, gs, axis=1) if group_size != -1 else None
-    if rtn is None:  # per-channel: same maths with one group
-        rtn = quantize(w2, mode, -1, axis=1)
+    rtn = quantize(w2, mode, group_size, axis=1)  # per channel: the same maths with one group
     ng = in_ch // gs
     # work in [groups, rows, group size] so each group's product with G_g is one contiguous matmul
     wt = np.ascontiguousarray(w2.reshape(out_ch, ng, gs).transpose(1, 0, 2))
@@ -84,7 +82,7 @@ def estimate_scales(
     best_err = error(best_s, *products(best_q))
     for a in GRID:
         start = s_rtn[..., 0].astype(np.float64) * a
-        q = _rounded_levels(wt, s_rtn * np.float32(a), zp, mode)
+        q = rounded_levels(wt, s_rtn * np.float32(a), zp, mode)
         num, den = products(q)
         ok = den > _TINY
         fit = np.where(ok, num / np.where(ok, den, 1.0), start)
@@ -98,18 +96,21 @@ def estimate_scales(
     # back to [rows, groups, group size]
     best_q = np.ascontiguousarray(best_q.transpose(1, 0, 2))
     best_s = np.ascontiguousarray(best_s.T[..., None], dtype=np.float32)
-    zp = None if zp is None else zp.transpose(1, 0, 2)
-    codes = best_q.astype(np.uint8 if mode.is_asym else np.int8)
-    scale = best_s.astype(np.float32)
-    zero = rtn.zero_point.reshape(out_ch, in_ch // gs, 1) if rtn.zero_point is not None else None
-    if group_size == -1:  # back to the per-channel layout [out, in] / [out, 1]
-        codes, scale = codes.reshape(out_ch, in_ch), scale.reshape(out_ch, 1)
-        zero = None if zero is None else zero.reshape(out_ch, 1)
-    if transposed:  # back to [n_groups, gs, out] (or [in, out]) for a weight reduced along axis 0
-        codes = np.ascontiguousarray(np.moveaxis(codes, 0, -1))
-        scale = np.ascontiguousarray(np.moveaxis(scale, 0, -1))
-        zero = None if zero is None else np.ascontiguousarray(np.moveaxis(zero, 0, -1))
-    deq = ((best_q - (zp if zp is not None else 0)) * best_s).reshape(out_ch, in_ch)
-    diff = deq - w2
+    diff = ((best_q - (0 if zp is None else zp.transpose(1, 0, 2))) * best_s).reshape(out_ch, in_ch) - w2
+    zero = None if rtn.zero_point is None else rtn.zero_point.reshape(out_ch, ng, 1)
+    codes, scale, zero = _weight_layout(best_q.astype(np.uint8 if mode.is_asym else np.int8), best_s, zero,
+                                        group_size, transposed)
     return CompressedWeight(codes, scale, zero, mode, group_size, tuple(w.shape),
                             float(np.vdot(diff, diff)), float(np.vdot(w2, w2)))
+
+
+def _weight_layout(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, group_size: int, transposed: bool):
+    """``[out, groups, gs]`` results in the grouped layout of the weight (see ``CompressedWeight``)."""
+    out_ch = codes.shape[0]
+    if group_size == -1:  # the per-channel layout [out, in] / [out, 1]
+        codes, scale = codes.reshape(out_ch, -1), scale.reshape(out_ch, 1)
+        zero = None if zero is None else zero.reshape(out_ch, 1)
+    if transposed:  # [n_groups, gs, out] (or [in, out]) for a weight reduced along axis 0
+        move = lambda a: None if a is None else np.ascontiguousarray(np.moveaxis(a, 0, -1))  # noqa: E731
+        codes, scale, zero = move(codes), move(scale), move(zero)
+    return codes, scale, zero

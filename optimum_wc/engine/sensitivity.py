@@ -19,10 +19,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .config import CompressWeightsMode, SensitivityMetric
-from .graph import WeightSite, read_weight
-from .lowering import int8_error_sensitivity, quantize
-from .statistics import ActivationStats
+from ..calibration.statistics import ActivationStats
+from ..config import CompressWeightsMode, SensitivityMetric
+from ..ir.sites import WeightSite, read_weight
+from ..quant.lowering import int8_error_sensitivity, quantize
 
 LOWEST = float("-inf")
 

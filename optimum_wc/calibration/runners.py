@@ -72,7 +72,7 @@ class StatefulRunner:
 
 
 class StatisticsRunner:
-    """Compile a statistics model (:func:`optimum_wc.graph.statistics_model`) and run it on token batches.
+    """Compile a statistics model (:func:`optimum_wc.ir.probes.statistics_model`) and run it on token batches.
 
     ``precision`` None keeps the CPU plugin's default inference precision
     (bf16 where the CPU has it, as NNCF's statistics passes run); the

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import CompressWeightsMode
+from ..config import CompressWeightsMode
 from .lowering import CompressedWeight, levels, quantization_params
 
 PERCDAMP = 0.01

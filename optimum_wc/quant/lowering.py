@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import CompressWeightsMode
+from ..config import CompressWeightsMode
 
 _EPS = np.finfo(np.float32).eps
 # Rows per block: big enough for NumPy's loops, small enough to stay in cache.
@@ -106,7 +106,7 @@ def quantization_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> 
     return symmetric_scale(w, axis, mode.num_bits), None
 
 
-def _rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
+def rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
     """``clip(round(w / scale [+ zero_point]))`` as float32 integers."""
     low, high = levels(mode)
     q = np.divide(w, scale, dtype=np.float32)
@@ -117,18 +117,11 @@ def _rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
     return q
 
 
-def quantize_with_params(
-    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode
-) -> np.ndarray:
-    """``clip(round(w / scale [+ zero_point]))`` as uint8 (asym) or int8 (sym) codes."""
-    return _rounded_levels(w, scale, zero_point, mode).astype(np.uint8 if mode.is_asym else np.int8)
-
-
 def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
     """Codes, scale, zero point and the block's squared error and squared norm."""
     w = np.asarray(w, dtype=np.float32)
     scale, zp = quantization_params(w, axis, mode)
-    q = _rounded_levels(w, scale, zp, mode)
+    q = rounded_levels(w, scale, zp, mode)
     codes = q.astype(np.uint8 if mode.is_asym else np.int8)
     if zp is not None:
         q -= zp.astype(np.float32)
@@ -178,7 +171,7 @@ def quantize_dequantize(weight: np.ndarray, mode: CompressWeightsMode, group_siz
     """``deq(Q(weight))`` in float32 with the formulas of :func:`quantize`, without keeping codes (for searches)."""
     w, red = grouped(np.asarray(weight, dtype=np.float32), axis, group_size)
     scale, zp = quantization_params(w, red, mode)
-    q = _rounded_levels(w, scale, zp, mode)
+    q = rounded_levels(w, scale, zp, mode)
     if zp is not None:
         q -= zp.astype(np.float32)
     q *= scale

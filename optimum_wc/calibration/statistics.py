@@ -4,7 +4,7 @@ Objective: give the data-aware algorithms what they need of each layer input
 ``X`` (over all calibration tokens) at the cost of one forward pass, with
 memory that does not grow with samples x sequence length.
 
-The float IR is turned into a *statistics model* (:func:`optimum_wc.graph.
+The float IR is turned into a *statistics model* (:func:`optimum_wc.ir.probes.
 statistics_model`): its logits and KV-cache state are dropped and every
 MatMul input is reduced in the graph, in float32, to per-sample channel sums
 (``sum x``, ``sum x^2``, ``sum |x|``, ``max |x|``), optionally the block
@@ -14,10 +14,8 @@ positions drawn uniformly per batch).  Samples of equal length are batched.
 The network itself runs at the CPU plugin's default inference precision, as
 NNCF's statistics passes do.
 
-:class:`LayerwiseHessians` collects ``X^T X`` for GPTQ and LoRA correction
-pass by pass on the partially compressed model; each pass starts from the
-cached value of the previous pass's boundary tensor (the residual stream),
-so the whole run costs about two forward passes, not one per pass.
+The per-layer ``X^T X`` of GPTQ and LoRA correction, taken pass by pass on
+the partially compressed model, is in :mod:`optimum_wc.calibration.hessians`.
 """
 
 from __future__ import annotations
@@ -31,10 +29,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import (
-    BOUNDARY_INPUT, ROWS_INPUT, Probe, WeightSite, activation_channels, activation_source, ops_by_name, pass_boundaries,
-    statistics_model,
-)
+from ..ir.probes import ROWS_INPUT, Probe, statistics_model
+from ..ir.sites import WeightSite, activation_channels, activation_source, ops_by_name
+from .runners import StatisticsRunner
 
 logger = logging.getLogger("optimum_wc")
 
@@ -130,7 +127,7 @@ def sample_batches(samples: Sequence[np.ndarray], batch_tokens: int = BATCH_TOKE
     return batches
 
 
-def _stack(samples: Sequence[np.ndarray], batch: list[int]) -> np.ndarray:
+def stack_samples(samples: Sequence[np.ndarray], batch: list[int]) -> np.ndarray:
     return np.stack([np.asarray(samples[i], dtype=np.int64) for i in batch])
 
 
@@ -166,13 +163,11 @@ def collect_statistics(
         cached = _load(cache_path, key_of, samples, raw_rows, gram_block, precision)
         if cached is not None:
             return cached
-    from . import inference
-
     channels = {key: activation_channels(nodes, key) for key in keys}
     blocks = {key: math.gcd(channels[key], gram_block) if gram_block else 0 for key in keys}
     probes = [Probe(key, moments=True, gram_block=blocks[key], rows=raw_rows > 0) for key in keys]
     stats_model, layout = statistics_model(ov_model, probes)
-    runner = inference.StatisticsRunner(stats_model, precision)
+    runner = StatisticsRunner(stats_model, precision)
     del stats_model
     stats = {key: ActivationStats(channels=channels[key], gram_block=blocks[key]) for key in keys}
     per_sample_rows = max(1, raw_rows // max(len(samples), 1)) if raw_rows else 0
@@ -182,7 +177,7 @@ def collect_statistics(
 
         bar = tqdm(total=len(samples), desc="Collecting statistics", unit="sample")
     for number, batch in enumerate(sample_batches(samples)):
-        ids = _stack(samples, batch)
+        ids = stack_samples(samples, batch)
         extra = {ROWS_INPUT: _row_positions(ids.shape[1], per_sample_rows, number)} if raw_rows else None
         outputs = runner.run(ids, extra)
         for key in keys:
@@ -256,80 +251,3 @@ def _load(path, key_of, samples, raw_rows, gram_block, precision) -> dict[str, A
         i += 1
     logger.info("Reusing activation statistics from %s.", path)
     return {name: stats[key] for name, key in key_of.items()}
-
-
-# -- per-layer Hessians for GPTQ and LoRA correction, on the partially compressed model --------
-
-
-@dataclass
-class InputHessian:
-    """``X^T X`` (float64 sums) of one activation over all calibration tokens."""
-
-    channels: int
-    n_tokens: int = 0
-    xtx: np.ndarray = None
-
-    def __post_init__(self) -> None:
-        if self.xtx is None:
-            self.xtx = np.zeros((self.channels, self.channels), dtype=np.float64)
-
-    def add(self, xtx: np.ndarray, tokens: int) -> None:
-        self.n_tokens += tokens
-        self.xtx += xtx
-
-    @property
-    def hessian(self) -> np.ndarray:
-        """GPTQ's layer Hessian ``H = 2 X^T X / N``."""
-        return self.xtx * (2.0 / max(self.n_tokens, 1))
-
-
-class LayerwiseHessians:
-    """``X^T X`` of each pass's activations, pass after pass, on the model as it is being compressed.
-
-    ``passes`` lists the activation sources of each pass in topological
-    order.  :meth:`collect` must be called for pass 0, 1, ... in turn, after
-    the layers of the previous pass were compressed in ``model``: pass ``j``
-    runs from the cached value of boundary ``j - 1`` (computed by pass
-    ``j - 1`` with all earlier layers already compressed, see
-    :func:`optimum_wc.graph.pass_boundaries`) to its own sources, so the
-    inputs it sees are exactly those of the partially compressed model.
-    """
-
-    def __init__(self, model, passes: Sequence[Sequence[tuple[str, int]]], samples: Sequence[np.ndarray],
-                 precision: str | None = None):
-        self.model = model
-        self.passes = [list(p) for p in passes]
-        self.samples = samples
-        self.precision = precision if precision is not None else PRECISION
-        self.batches = sample_batches(samples)
-        self.boundaries = pass_boundaries(model, self.passes)
-        self._cached: list[np.ndarray] | None = None  # boundary values of the previous pass, per batch
-        self._next = 0
-        used = sum(b is not None for b in self.boundaries)
-        logger.info("GPTQ/LoRA passes: %d, %d of them start from the previous pass's boundary.", len(self.passes), used)
-
-    def collect(self, j: int) -> dict[tuple[str, int], InputHessian]:
-        if j != self._next:
-            raise RuntimeError(f"passes run in order: expected pass {self._next}, got {j}")
-        self._next += 1
-        from . import inference
-
-        start = self.boundaries[j - 1] if j > 0 else None  # set: pass j - 1 cached its values
-        end = self.boundaries[j]
-        probes = [Probe(source, xtx=True) for source in self.passes[j]]
-        model, layout = statistics_model(self.model, probes, boundary_in=start, boundary_out=end)
-        runner = inference.StatisticsRunner(model, self.precision)
-        del model
-        nodes = ops_by_name(self.model)
-        out = {source: InputHessian(activation_channels(nodes, source)) for source in self.passes[j]}
-        cached: list[np.ndarray] = []
-        for number, batch in enumerate(self.batches):
-            ids = _stack(self.samples, batch)
-            extra = {BOUNDARY_INPUT: self._cached[number]} if start is not None else None
-            outputs = runner.run(ids, extra)
-            for source in self.passes[j]:
-                out[source].add(outputs[layout[(source, "xtx")]], ids.size)
-            if end is not None:
-                cached.append(outputs[layout[("boundary", "boundary")]])
-        self._cached = cached if end is not None else None
-        return out

@@ -1,0 +1,200 @@
+"""One packed linear layer -> its exact integer form in our layout (pure NumPy, never requantized).
+
+Layouts (one linear layer ``y = x W^T``, ``W`` of shape ``[out, in]``, ``b``
+bits, ``p = 32 / b`` values per int32, ``G`` groups; unpacking in
+:mod:`optimum_wc.quant.bitpack`):
+
+* GPTQ ``qweight`` int32 ``[in / p, out]`` packed along the *input* axis;
+  ``qzeros`` int32 ``[G, out / p]`` along the *output* axis (checkpoint format
+  ``"gptq"``, v1, stores ``zero_point - 1`` masked to ``b`` bits; ``"gptq_v2"``
+  the zero point itself); ``scales`` float16 ``[G, out]``; ``g_idx`` int32
+  ``[in]``, the group of each input channel (not contiguous with ``desc_act``).
+* AWQ (GEMM) ``qweight`` int32 ``[in, out / 8]`` and ``qzeros`` int32
+  ``[G, out / 8]`` packed along the *output* axis in AWQ's nibble order; zero
+  points without offset; ``scales`` float16 ``[G, out]``; groups contiguous.
+
+Dequantized weight: ``W[o, i] = scales[g(i), o] * (q[i, o] - z[g(i), o])``.
+When the groups are not contiguous along the input axis (GPTQ ``desc_act``),
+the input channels are reordered so that each group is contiguous (the
+export then reorders the activation to match, ``x W^T == x[..., P] (W[:, P])^T``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import CompressWeightsMode
+from ..errors import ExportError
+from ..quant.bitpack import unpack_along_columns, unpack_along_rows, unpack_awq
+from ..quant.lowering import CompressedWeight, dequantize
+from .formats import PrequantizedFormat
+
+QUANT_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+@dataclass
+class LayerWeights:
+    """The exact integer form of one quantized linear layer.
+
+    ``compressed`` is in our grouped layout (``codes [out, G, g]``, ``scale``
+    and ``zero_point`` ``[out, G, 1]``; per channel ``[out, in]`` / ``[out, 1]``)
+    over the input channels taken in ``permutation`` order (None: natural
+    order), i.e. it represents ``W[:, permutation]``.
+    """
+
+    compressed: CompressedWeight
+    permutation: np.ndarray | None
+    note: str = ""
+
+    def dequantized(self) -> np.ndarray:
+        """``W`` as float32 ``[out, in]``, in the checkpoint's input-channel order."""
+        w = dequantize(self.compressed)
+        if self.permutation is None:
+            return w
+        out = np.empty_like(w)
+        out[:, self.permutation] = w
+        return out
+
+
+def _as_f16_scales(scales: np.ndarray, name: str) -> np.ndarray:
+    if scales.dtype == np.float16:
+        return scales
+    as_f16 = scales.astype(np.float16)
+    if not np.array_equal(as_f16.astype(np.float32), scales.astype(np.float32)):
+        raise ExportError(
+            f"{name} holds {scales.dtype} values that float16 cannot represent exactly; the IR stores scales in "
+            "float16, so these weights cannot be kept exactly. Re-save the checkpoint with float16 scales."
+        )
+    return as_f16
+
+
+def _group_order(
+    g_idx: np.ndarray | None, name: str, in_features: int, n_groups: int, group_size: int
+) -> np.ndarray | None:
+    """The input-channel permutation that makes groups contiguous, or None if they already are."""
+    natural = np.arange(in_features, dtype=np.int64) // (in_features if group_size == -1 else group_size)
+    if g_idx is None:
+        return None
+    g = g_idx.astype(np.int64).reshape(-1)
+    bad = np.flatnonzero((g < 0) | (g >= n_groups))
+    if bad.size:
+        i = int(bad[0])
+        raise ExportError(
+            f"{name} maps input channel {i} to group {int(g[i])}, outside [0, {n_groups}) "
+            f"({bad.size} channel(s) out of range; the layer has {n_groups} group(s) of scales). The checkpoint is "
+            "corrupt or its group_size is wrong: re-save it, or fix group_size in the quantization config."
+        )
+    if np.array_equal(g, natural):
+        return None
+    counts = np.bincount(g, minlength=n_groups)
+    size = in_features // n_groups
+    if not np.all(counts == size):
+        k = int(np.flatnonzero(counts != size)[0])
+        raise ExportError(
+            f"{name} puts {int(counts[k])} input channels in group {k}, but every group must hold {size} "
+            "(in_features / groups) to be stored exactly; the checkpoint's g_idx is not a GPTQ act-order grouping. "
+            "Re-quantize the model, or export it from float."
+        )
+    return np.argsort(g, kind="stable")
+
+
+def _build_weight(
+    codes_in_out: np.ndarray,
+    zeros: np.ndarray,
+    scales: np.ndarray,
+    permutation: np.ndarray | None,
+    bits: int,
+    group_size: int,
+    sym: bool,
+    names: dict[str, str],
+) -> tuple[CompressedWeight, str]:
+    """Codes ``[in, out]`` (uint8), real zero points ``[G, out]`` (int), scales ``[G, out]`` -> CompressedWeight."""
+    n_in, n_out = codes_in_out.shape
+    n_groups = zeros.shape[0]
+    if permutation is not None:
+        codes_in_out = codes_in_out[permutation]
+    codes = np.ascontiguousarray(codes_in_out.T)  # [out, in]
+    scale = np.ascontiguousarray(scales.T.astype(np.float32))  # [out, G]
+    zp = np.ascontiguousarray(zeros.T)  # [out, G]
+    if group_size != -1:
+        codes = codes.reshape(n_out, n_groups, n_in // n_groups)
+        scale, zp = scale[:, :, None], zp[:, :, None]
+    high = 2**bits - 1
+    mid = 2 ** (bits - 1)
+    note = ""
+    if sym and np.all(zp == mid):
+        signed = (codes.astype(np.int16) - mid).astype(np.int8)
+        mode = CompressWeightsMode.INT4_SYM if bits == 4 else CompressWeightsMode.INT8_SYM
+        return CompressedWeight(signed, scale, None, mode, group_size, (n_out, n_in)), note
+    if sym:
+        note = f"sym=true but {names['qzeros']} holds zero points other than {mid}: kept with its zero points"
+    if int(zp.max(initial=0)) > high:
+        if bits == 8:
+            raise ExportError(
+                f"{names['qzeros']} gives a zero point of {int(zp.max())}, above 255 "
+                "(a stored 255 in GPTQ v1 means 256), "
+                "which no 8-bit zero point can hold. The checkpoint was written with an overflowing zero point: "
+                "re-quantize it, or save it as checkpoint_format='gptq_v2'."
+            )
+        note = (f"{names['qzeros']} gives zero point {int(zp.max())} (a stored 15 in GPTQ v1 means 16), above 15: "
+                "the layer is kept exactly with 8-bit codes")
+        mode = CompressWeightsMode.INT8_ASYM
+        cw = CompressedWeight(codes, scale, zp.astype(np.uint8), mode, group_size, (n_out, n_in))
+        return cw, note
+    mode = CompressWeightsMode.INT4_ASYM if bits == 4 else CompressWeightsMode.INT8_ASYM
+    return CompressedWeight(codes, scale, zp.astype(np.uint8), mode, group_size, (n_out, n_in)), note
+
+
+def group_count(in_features: int, group_size: int, name: str) -> int:
+    if group_size == -1:
+        return 1
+    if in_features % group_size:
+        raise ExportError(
+            f"{name}: the layer has {in_features} input channels, which group_size={group_size} does not divide; "
+            "optimum-wc keeps only whole groups exactly. Use a checkpoint whose group size divides every layer."
+        )
+    return in_features // group_size
+
+
+def convert_gptq_layer(
+    prefix: str,
+    fmt: PrequantizedFormat,
+    qweight: np.ndarray,
+    qzeros: np.ndarray,
+    scales: np.ndarray,
+    g_idx: np.ndarray | None,
+    in_features: int,
+    out_features: int,
+) -> LayerWeights:
+    """One GPTQ linear (tensors ``<prefix>.qweight/qzeros/scales/g_idx``) in exact integer form."""
+    names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
+    n_groups = group_count(in_features, fmt.group_size, names["qweight"])
+    codes = unpack_along_rows(qweight, fmt.bits)  # [in, out]
+    stored = unpack_along_columns(qzeros, fmt.bits)  # [G, out]
+    # v1: real zero point = stored value + 1, as AutoGPTQ's kernels compute it (may reach 2^bits)
+    zeros = stored.astype(np.int32) + fmt.zero_point_offset
+    permutation = _group_order(g_idx, names["g_idx"], in_features, n_groups, fmt.group_size)
+    cw, note = _build_weight(codes, zeros, _as_f16_scales(scales, names["scales"]), permutation,
+                             fmt.bits, fmt.group_size, fmt.sym, names)
+    return LayerWeights(cw, permutation, note)
+
+
+def convert_awq_layer(
+    prefix: str,
+    fmt: PrequantizedFormat,
+    qweight: np.ndarray,
+    qzeros: np.ndarray,
+    scales: np.ndarray,
+    in_features: int,
+    out_features: int,
+) -> LayerWeights:
+    """One AWQ GEMM linear (tensors ``<prefix>.qweight/qzeros/scales``) in exact integer form."""
+    names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
+    group_count(in_features, fmt.group_size, names["qweight"])
+    codes = unpack_awq(qweight)  # [in, out]
+    zeros = unpack_awq(qzeros).astype(np.int32)  # [G, out]
+    scales = _as_f16_scales(scales, names["scales"])
+    cw, note = _build_weight(codes, zeros, scales, None, 4, fmt.group_size, False, names)
+    return LayerWeights(cw, None, note)

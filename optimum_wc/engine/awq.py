@@ -1,0 +1,73 @@
+"""AWQ applied to the graph: smooth each group of 4-bit MatMuls that share an input, before quantization.
+
+The scales come from :func:`optimum_wc.quant.awq_search.search_scales`
+(objective in its module); here they are applied: ``W_l <- W_l diag(s)`` and
+``diag(s)^-1`` goes to the first of :data:`optimum_wc.ir.absorbers.ABSORBERS`
+that the input's producer matches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import CompressWeightsMode
+from ..ir.absorbers import find_absorber
+from ..ir.sites import activation_source, ops_by_name, read_weight, set_float_weight
+from ..quant.awq_search import search_scales
+from .threads import in_order
+
+
+def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:
+    """Smooth every group of 4-bit MatMuls sharing an input; returns one record per group (for the log/report).
+
+    ``plans`` are planning.LayerPlan objects; only layers planned in ``mode``
+    with 2-D weights take part; a group is all such layers fed by one input.
+    """
+    nodes = ops_by_name(model)
+    all_sites_by_op = {n: p.site for p in plans for n in p.site.op_names}
+    groups: dict[tuple, list] = {}
+    for p in plans:
+        if p.mode is mode and p.site.kind == "matmul" and len(p.site.shape) == 2 and p.site.name in stats:
+            groups.setdefault(activation_source(nodes[p.site.op_names[0]]), []).append(p)
+    records = []
+
+    def searchable():
+        """Groups to search, with copies of their weights read now (after every earlier group's edits)."""
+        for key, members in groups.items():
+            producer = nodes[key[0]]
+            consumers = [nodes[n] for p in members for n in p.site.op_names]
+            st = stats[members[0].site.name]
+            names = [p.site.name for p in members]
+            if st.rows.shape[0] == 0 or find_absorber(producer, consumers) is None:
+                note = "no calibration rows" if st.rows.shape[0] == 0 else "no absorber"
+                records.append({"input": key[0], "layers": names, "alpha": None, "absorbed_by": None, "note": note})
+                continue
+            weights = [_as_out_in(read_weight(p.site), p.site.reduction_axis) for p in members]
+            yield key, members, producer, consumers, st, weights
+
+    def search(item):
+        _key, members, _producer, _consumers, st, weights = item
+        return search_scales(weights, [p.group_size for p in members], st.rows, st.mean_abs, mode)
+
+    # A group's search reads only its own weights, which no later group edits (absorbers are upstream
+    # producers), so searches run ahead on the thread pool and edits are applied here, in order.
+    for (key, members, producer, consumers, _st, weights), (s, alpha, rel) in in_order(search, searchable()):
+        names = [p.site.name for p in members]
+        absorber = find_absorber(producer, consumers)
+        if alpha == 0.0 or absorber is None:
+            records.append({"input": key[0], "layers": names, "alpha": 0.0, "absorbed_by": None})
+            continue
+        absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op})
+        for p, w in zip(members, weights):
+            set_float_weight(p.site, _from_out_in(w * s, p.site.reduction_axis))
+        records.append({"input": key[0], "layers": names, "alpha": alpha, "loss_vs_rtn": round(rel, 4),
+                        "absorbed_by": absorber.name})
+    return records
+
+
+def _as_out_in(w: np.ndarray, axis: int) -> np.ndarray:
+    return np.array(w.T if axis % 2 == 0 else w, dtype=np.float32)
+
+
+def _from_out_in(w: np.ndarray, axis: int) -> np.ndarray:
+    return np.ascontiguousarray(w.T) if axis % 2 == 0 else w

@@ -1,0 +1,73 @@
+"""A Transformers causal LM -> float OpenVINO IR, by optimum-intel's exporter (stateful KV cache, never NNCF)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ExportError
+from ..layout import IR_XML
+
+
+def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False) -> None:
+    """Fail early, with the fix, on a missing folder or a model that is not a causal LM."""
+    path = Path(str(model_id))
+    if not path.exists():
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+        looks_local = path.is_absolute() or str(model_id).startswith((".", "~")) or str(model_id).count("/") > 1
+        if looks_local or offline:
+            raise ExportError(
+                f"model {str(model_id)!r} not found: no such folder"
+                + (" (HF_HUB_OFFLINE is set, so the hub is not tried)" if offline else "")
+                + "; pass the folder of a Transformers checkpoint (with config.json and weights)."
+            )
+        return  # a hub id: let the exporter download it
+    if not (path / "config.json").is_file():
+        raise ExportError(
+            f"{path} has no config.json, so it is not a Transformers checkpoint; pass the folder written by "
+            "save_pretrained() (config.json plus weights)."
+        )
+    try:
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        raise ExportError(f"cannot read {path / 'config.json'}: {exc}. Check the file, or pass trust_remote_code=True for custom code.") from exc
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    else:
+        causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not causal:
+        raise ExportError(
+            f"{path} is a {config.model_type!r} model ({', '.join(architectures) or 'no architectures listed'}), "
+            "not a causal language model; optimum-wc exports text-generation models (e.g. Llama, Qwen2, GPT-2)."
+        )
+
+
+def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None = None, trust_remote_code: bool = False) -> None:
+    """Run optimum-intel's exporter without any weight compression (float IR, stateful)."""
+    from optimum.exporters.openvino import main_export
+    from optimum.intel.openvino.configuration import OVConfig
+
+    try:
+        main_export(
+            model_name_or_path=str(model_id),
+            output=output,
+            task=task or "text-generation-with-past",
+            trust_remote_code=trust_remote_code,
+            ov_config=OVConfig(dtype="auto"),  # a non-None config: no default NNCF INT8 for 1B+ models
+            stateful=True,
+        )
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter raises ValueError/KeyError/RuntimeError...
+        raise ExportError(
+            f"optimum-intel could not export {model_id}: {exc}. Check that its architecture is supported by "
+            "optimum-intel's OpenVINO exporter (or pass trust_remote_code=True for custom code)."
+        ) from exc
+    if not (output / IR_XML).is_file():
+        raise ExportError(f"the exporter wrote no {IR_XML} for {model_id}; the architecture is probably unsupported.")

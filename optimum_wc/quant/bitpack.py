@@ -1,0 +1,75 @@
+"""Bit packing: our IR's 4-bit layout, and the int32 layouts of GPTQ and AWQ checkpoints (pure NumPy).
+
+* OpenVINO u4/i4: two values per byte, element 0 in the low nibble.
+* GPTQ ``qweight`` int32 ``[n / p, m]`` (``p = 32 / bits``), packed along the
+  rows: row ``i = r * p + k`` sits at bits ``[bits k, bits k + bits)`` of
+  packed row ``r``, low bits first; ``qzeros`` int32 ``[n, m / p]`` the same
+  along the columns.
+* AWQ GEMM int32 ``[n, m / 8]``: nibble ``k`` of packed column ``c`` holds
+  column ``8 c + AWQ_ORDER[k]``, ``AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``.
+
+Every unpacker here has its packer beside it in the tests, written
+independently after AutoGPTQ's and AutoAWQ's ``pack`` methods.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble k of a packed AWQ int32 holds output channel 8c + AWQ_ORDER[k]
+AWQ_REVERSE_ORDER = tuple(int(i) for i in np.argsort(AWQ_ORDER))  # (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """Pack 4-bit values two per byte, element 0 in the low nibble (OpenVINO's u4/i4 layout)."""
+    flat = values.reshape(-1).view(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)
+
+
+def _values_per_word(bits: int) -> int:
+    if bits not in (2, 4, 8):
+        raise ValueError(f"cannot unpack {bits}-bit values from int32 (need 2, 4 or 8 bits)")
+    return 32 // bits
+
+
+def unpack_along_rows(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Unpack int32 ``[n / p, m]`` into uint8 ``[n, m]`` (``p = 32 / bits``; GPTQ ``qweight``).
+
+    Row ``i = r * p + k`` of the result is bits ``[bits k, bits k + bits)`` of
+    packed row ``r`` (low bits first).
+    """
+    per_word = _values_per_word(bits)
+    words = np.ascontiguousarray(packed).view(np.uint32)
+    out = np.empty((words.shape[0] * per_word, words.shape[1]), dtype=np.uint8)
+    mask = np.uint32(2**bits - 1)
+    for k in range(per_word):
+        out[k::per_word] = (words >> np.uint32(bits * k)) & mask
+    return out
+
+
+def unpack_along_columns(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Unpack int32 ``[n, m / p]`` into uint8 ``[n, m]`` (``p = 32 / bits``; GPTQ ``qzeros``).
+
+    Column ``j = c * p + k`` of the result is bits ``[bits k, bits k + bits)``
+    of packed column ``c`` (low bits first).
+    """
+    per_word = _values_per_word(bits)
+    words = np.ascontiguousarray(packed).view(np.uint32)
+    out = np.empty((words.shape[0], words.shape[1] * per_word), dtype=np.uint8)
+    mask = np.uint32(2**bits - 1)
+    for k in range(per_word):
+        out[:, k::per_word] = (words >> np.uint32(bits * k)) & mask
+    return out
+
+
+def unpack_awq(packed: np.ndarray) -> np.ndarray:
+    """Unpack AWQ GEMM int32 ``[n, m / 8]`` into uint8 ``[n, m]`` (``qweight`` and ``qzeros``).
+
+    Nibble ``k`` (bits ``[4k, 4k + 4)``) of packed column ``c`` holds column
+    ``8 c + AWQ_ORDER[k]`` with ``AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]``.
+    """
+    natural = unpack_along_columns(packed, 4)  # column 8c + k holds nibble k
+    n, m = natural.shape
+    return np.ascontiguousarray(natural.reshape(n, m // 8, 8)[:, :, list(AWQ_REVERSE_ORDER)].reshape(n, m))
