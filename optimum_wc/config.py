@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .layout import read_config_file
 
 __all__ = [
     "BackupMode",
@@ -269,6 +268,8 @@ class WeightCompressionConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "WeightCompressionConfig":
         """Read an ``optimum_wc_config.json`` (its schema version is checked, see :mod:`optimum_wc.layout`)."""
+        from .layout import read_config_file  # (on use: `import optimum_wc` loads only the config and errors)
+
         return cls.from_dict(read_config_file(Path(path)))
 
     @classmethod

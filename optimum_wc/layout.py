@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,6 +77,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
     """A temporary folder beside ``target`` (same file system), removed on failure."""
+    import shutil  # (here, not at the top: `import optimum_wc` stays as light as the config)
+    import tempfile
+
     target = Path(target).resolve()
     parent = target.parent
     try:
@@ -95,6 +96,9 @@ def staging_dir(target: Path) -> Iterator[Path]:
 
 def move_into_place(tmp: Path, target: Path) -> None:
     """Replace ``target`` by the complete folder ``tmp`` (renames only; the old one is removed last)."""
+    import shutil
+    import tempfile
+
     target = Path(target).resolve()
     old = None
     if target.exists():
@@ -113,6 +117,8 @@ def copy_side_files(source: Path, dest: Path, skip: tuple[str, ...] = (), folder
 
     ``folders`` copies sub-folders too.
     """
+    import shutil
+
     for item in sorted(Path(source).iterdir()):
         if item.name in (IR_XML, IR_BIN, *skip) or item.name.startswith("."):
             continue

@@ -22,7 +22,6 @@ imported (or at once if it already is), so importing optimum_wc stays cheap.
 
 from __future__ import annotations
 
-import copy
 import importlib.abc
 import importlib.util
 import json
@@ -30,7 +29,6 @@ import sys
 from pathlib import Path
 
 from ..config import WeightCompressionConfig
-from ..layout import CONFIG_FILE, write_config_file
 
 _TARGET = "optimum.intel.openvino.modeling_decoder"
 _BASE = "optimum.intel.openvino.modeling_base"
@@ -45,6 +43,8 @@ def _wrap(decoder_module, base_module) -> None:
     def _from_pretrained(klass, model_id, config, *args, quantization_config=None, **kwargs):
         config = _without_stale_quantization_config(model_id, config)
         if not isinstance(quantization_config, WeightCompressionConfig):
+            from ..layout import CONFIG_FILE
+
             model = original(klass, model_id, config, *args, quantization_config=quantization_config, **kwargs)
             saved = Path(str(model_id)) / CONFIG_FILE
             if quantization_config is None and saved.is_file():
@@ -85,6 +85,8 @@ def _wrap(decoder_module, base_module) -> None:
     def _save_openvino_config(self, save_directory):
         wc_config = getattr(self, "_wc_config", None)
         if wc_config is not None:
+            from ..layout import write_config_file
+
             write_config_file(Path(save_directory), wc_config.to_dict())
         return original_save(self, save_directory)
 
@@ -107,6 +109,8 @@ def _without_stale_quantization_config(model_id, config):
             return config
     except (OSError, ValueError):
         return config
+    import copy
+
     config = copy.deepcopy(config)
     del config.quantization_config
     return config
