@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 REPORT_VERSION = 1
+FLOAT_BIN = f"float_{IR_BIN}"  # key of the float IR's size in "sizes"
 _PACKAGES = ("optimum-wc", "openvino", "openvino-tokenizers", "optimum", "optimum-intel", "transformers", "torch", "numpy", "nncf")
 # Layer record fields copied into the report, in this order.
 _LAYER_FIELDS = ("name", "kind", "shape", "mode", "group_size", "num_weights", "relative_error", "ratio_defining", "note", "ops")
@@ -177,11 +178,11 @@ def totals(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _sizes(model_dir: Path | None, float_bin: Path | None = None) -> dict[str, Any]:
     sizes: dict[str, Any] = {}
     if model_dir is not None and (model_dir / IR_BIN).is_file():
-        sizes["openvino_model.bin"] = (model_dir / IR_BIN).stat().st_size
+        sizes[IR_BIN] = (model_dir / IR_BIN).stat().st_size
     if float_bin is not None and float_bin.is_file():
-        sizes["float_openvino_model.bin"] = float_bin.stat().st_size
-        if sizes.get("openvino_model.bin"):
-            sizes["compression_ratio"] = round(sizes["float_openvino_model.bin"] / sizes["openvino_model.bin"], 3)
+        sizes[FLOAT_BIN] = float_bin.stat().st_size
+        if sizes.get(IR_BIN):
+            sizes["compression_ratio"] = round(sizes[FLOAT_BIN] / sizes[IR_BIN], 3)
     return sizes
 
 
@@ -258,11 +259,11 @@ def report_from_dir(model_dir: str | Path) -> dict[str, Any]:
             saved = {}
     report = build_report(model, model_dir=model_dir, model_id=saved.get("model"), timings=saved.get("timings"),
                           source=saved.get("source", "ir"))
-    if saved.get("sizes", {}).get("float_openvino_model.bin"):
-        report["sizes"]["float_openvino_model.bin"] = saved["sizes"]["float_openvino_model.bin"]
-        if report["sizes"].get("openvino_model.bin"):
+    if saved.get("sizes", {}).get(FLOAT_BIN):
+        report["sizes"][FLOAT_BIN] = saved["sizes"][FLOAT_BIN]
+        if report["sizes"].get(IR_BIN):
             report["sizes"]["compression_ratio"] = round(
-                report["sizes"]["float_openvino_model.bin"] / report["sizes"]["openvino_model.bin"], 3
+                report["sizes"][FLOAT_BIN] / report["sizes"][IR_BIN], 3
             )
     if saved.get("versions"):
         report["versions"] = saved["versions"]
@@ -342,10 +343,10 @@ def summary(report: Mapping[str, Any]) -> str:
                 f"{t['mean_bits_per_weight']:.2f} bits per weight on average."
             )
     sizes = report.get("sizes") or {}
-    if sizes.get("openvino_model.bin") is not None:
-        text = f"Size: openvino_model.bin {_mib(sizes['openvino_model.bin'])}"
-        if sizes.get("float_openvino_model.bin") and report.get("compressed"):
-            text += f" (float {_mib(sizes['float_openvino_model.bin'])}, {sizes.get('compression_ratio', 0):.2f}x smaller)"
+    if sizes.get(IR_BIN) is not None:
+        text = f"Size: {IR_BIN} {_mib(sizes[IR_BIN])}"
+        if sizes.get(FLOAT_BIN) and report.get("compressed"):
+            text += f" (float {_mib(sizes[FLOAT_BIN])}, {sizes.get('compression_ratio', 0):.2f}x smaller)"
         lines.append(text + ".")
     timings = report.get("timings") or {}
     if timings:
