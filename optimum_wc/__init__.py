@@ -30,9 +30,8 @@ from .errors import (
     OptimumWCError,
 )
 
-from .version import __version__
-
 _LAZY = {
+    "__version__": "optimum_wc.version",
     "compress_model": "optimum_wc.engine",
     "export_model": "optimum_wc.hf.api",
     "OVModelForCausalLM": "optimum_wc.hf.modeling",
@@ -51,7 +50,7 @@ __all__ = [
     "OptimumWCError",
     "SensitivityMetric",
     "WeightCompressionConfig",
-    *_LAZY,
+    *(name for name in _LAZY if name != "__version__"),
 ]
 
 
