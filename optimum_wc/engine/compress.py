@@ -14,6 +14,7 @@ model, in topological order (:mod:`optimum_wc.engine.layerwise`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Callable
@@ -131,9 +132,13 @@ class _GraphWriter:
     """Writes a step's result into the graph: the compressed weight, then any LoRA adapter; fills the record."""
 
     def __init__(self, model, records: dict[int, dict]):
-        self.nodes = ops_by_name(model)
+        self.model = model
         self.records = records
         self.adapter_inputs: dict[int, list] = {}
+
+    @functools.cached_property
+    def nodes(self) -> dict[str, Any]:
+        return ops_by_name(self.model)  # only LoRA adapters need them
 
     def adapter_ready(self, p: LayerPlan) -> bool:
         """Find where an adapter beside ``p``'s MatMuls would read its input (call while the weight is float)."""
