@@ -27,7 +27,7 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:
     all_sites_by_op = {n: p.site for p in plans for n in p.site.op_names}
     groups: dict[tuple, list] = {}
     for p in plans:
-        if p.mode is mode and p.site.kind == "matmul" and len(p.site.shape) == 2 and p.site.name in stats:
+        if p.is_primary_matmul(mode) and p.site.name in stats:
             groups.setdefault(activation_source(nodes[p.site.op_names[0]]), []).append(p)
     records = []
 

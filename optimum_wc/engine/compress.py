@@ -30,7 +30,7 @@ from .awq import apply_awq
 from .layerwise import compress_layerwise
 from .planning import LayerPlan, plan_layers
 from .sensitivity import sensitivity_function
-from .steps import RTN, LayerInput, LayerOutput, Step, StepData, step_for, takes_step
+from .steps import RTN, LayerInput, LayerOutput, Step, StepData, step_for
 from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
@@ -87,10 +87,10 @@ def compress_model(
     records = {id(p): p.record() for p in plans}
     apply = _GraphWriter(ov_model, records)
     step_data = StepData(stats, lora_rank=config.lora_rank)
-    deferred = [p for p in plans if step.layerwise and takes_step(p, config)]
-    later = {id(p) for p in deferred}
-    now = [p for p in plans if id(p) not in later and p.mode is not None]
-    _compress_now(now, lambda p: step if takes_step(p, config) else RTN, step_data, apply, progress)
+    step_of = lambda p: step if p.is_primary_matmul(config.mode) else RTN  # noqa: E731 - the rest: round to nearest
+    deferred = [p for p in plans if step_of(p).layerwise]
+    now = [p for p in plans if p.mode is not None and not step_of(p).layerwise]
+    _compress_now(now, step_of, step_data, apply, progress)
     if deferred:
         prepare = lambda p: LayerInput(p, read_weight(p.site), step.adapters and apply.adapter_ready(p))  # noqa: E731
         compress_layerwise(ov_model, deferred, step, step_data, samples, prepare, apply, progress)

@@ -33,6 +33,10 @@ class LayerPlan:
     ratio_defining: bool = False
     note: str = ""  # why it is not in the primary mode, or that its group size was adjusted
 
+    def is_primary_matmul(self, mode: CompressWeightsMode) -> bool:
+        """A 2-D MatMul weight planned in ``mode``: what AWQ and the data-aware per-layer steps work on."""
+        return self.mode is mode and self.site.kind == "matmul" and len(self.site.shape) == 2
+
     def record(self) -> dict[str, Any]:
         """The layer's entry of the IR's rt_info and of the report (``relative_error`` filled in when compressed)."""
         return {

@@ -148,8 +148,3 @@ def step_for(config: WeightCompressionConfig) -> Step:
     if key not in STEPS:
         raise ConfigError(f"{' + '.join(sorted(key))} cannot be combined; switch one of them off.")
     return STEPS[key]
-
-
-def takes_step(plan: LayerPlan, config: WeightCompressionConfig) -> bool:
-    """Layers the config's step handles: 2-D MatMul weights in the primary mode (the rest get :data:`RTN`)."""
-    return plan.mode is config.mode and plan.site.kind == "matmul" and len(plan.site.shape) == 2

@@ -56,9 +56,9 @@ def _wrap(decoder_module, base_module) -> None:
         model = original(klass, model_id, config, *args, quantization_config=None, compile=False, **kwargs)
         tokenizer = None
         if quantization_config.needs_data:
-            from transformers import AutoTokenizer
+            from ..calibration.samples import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(getattr(config, "name_or_path", None) or model_id)
+            tokenizer = load_tokenizer(getattr(config, "name_or_path", None) or model_id)
         compress_model(model.model, quantization_config, tokenizer=tokenizer)
         model._wc_config = quantization_config
         if compile_model:
