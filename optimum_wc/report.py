@@ -175,12 +175,15 @@ def totals(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _sizes(model_dir: Path | None, float_bin: Path | None = None) -> dict[str, Any]:
+def _sizes(model_dir: Path | None, float_bin: Path | int | None = None) -> dict[str, Any]:
     sizes: dict[str, Any] = {}
     if model_dir is not None and (model_dir / IR_BIN).is_file():
         sizes[IR_BIN] = (model_dir / IR_BIN).stat().st_size
-    if float_bin is not None and float_bin.is_file():
+    if isinstance(float_bin, int):  # the float model's constant bytes, when no float IR was written
+        sizes[FLOAT_BIN] = float_bin
+    elif float_bin is not None and float_bin.is_file():
         sizes[FLOAT_BIN] = float_bin.stat().st_size
+    if sizes.get(FLOAT_BIN) is not None:
         if sizes.get(IR_BIN):
             sizes["compression_ratio"] = round(sizes[FLOAT_BIN] / sizes[IR_BIN], 3)
     return sizes
@@ -192,14 +195,16 @@ def build_report(
     model_dir: str | Path | None = None,
     model_id: str | Path | None = None,
     timings: Mapping[str, float] | None = None,
-    float_bin: str | Path | None = None,
+    float_bin: str | Path | int | None = None,
+    resources: Mapping[str, Any] | None = None,
     rt_info: tuple[dict, list[dict]] | None = None,
     source: str = "export",
 ) -> dict[str, Any]:
     """The report of a compressed model, from its ``rt_info`` (``ov_model`` or ``rt_info=(config, layers)``).
 
     ``model_dir``: the folder holding ``openvino_model.bin`` (for sizes);
-    ``float_bin``: the float IR's ``.bin`` (for the compression ratio);
+    ``float_bin``: the float IR's ``.bin`` or its size in bytes (for the compression ratio);
+    ``resources``: peak memory and bytes read/written (``optimum_wc.resources``);
     ``timings``: seconds per step.  A model without optimum-wc ``rt_info``
     (kept float) gives an empty layer list and ``config: None``.
     """
@@ -215,8 +220,10 @@ def build_report(
         "compressed": config is not None,
         "config": config,
         "totals": totals(layers),
-        "sizes": _sizes(Path(model_dir) if model_dir is not None else None, Path(float_bin) if float_bin else None),
+        "sizes": _sizes(Path(model_dir) if model_dir is not None else None,
+                        float_bin if isinstance(float_bin, int) or not float_bin else Path(float_bin)),
         "timings": {k: round(float(v), 3) for k, v in (timings or {}).items()},
+        "resources": dict(resources or {}),
         "versions": package_versions(),
         "layers": layers,
     }
@@ -258,7 +265,7 @@ def report_from_dir(model_dir: str | Path) -> dict[str, Any]:
         except ValueError:
             saved = {}
     report = build_report(model, model_dir=model_dir, model_id=saved.get("model"), timings=saved.get("timings"),
-                          source=saved.get("source", "ir"))
+                          resources=saved.get("resources"), source=saved.get("source", "ir"))
     if saved.get("sizes", {}).get(FLOAT_BIN):
         report["sizes"][FLOAT_BIN] = saved["sizes"][FLOAT_BIN]
         if report["sizes"].get(IR_BIN):

@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"quant"}),
     frozenset({"ir"}),
     frozenset({"calibration", "checkpoints"}),
-    frozenset({"report", "evaluation", "models"}),
+    frozenset({"report", "resources", "evaluation", "models"}),
     frozenset({"engine"}),
     frozenset({"export"}),
     frozenset({"hf"}),

@@ -79,7 +79,7 @@ def compress_model(
                                        gram_block=GRAM_BLOCK if step.statistics else 0)
 
     plans = plan_layers(sites, config, sensitivity_function(config.effective_sensitivity_metric, stats))
-    _log_adjusted_group_sizes(plans)
+    log_adjusted_group_sizes(plans)
     if config.awq:
         for rec in apply_awq(ov_model, plans, stats, config.mode):
             logger.debug("AWQ %s", rec)
@@ -101,7 +101,7 @@ def compress_model(
     return ov_model
 
 
-def _log_adjusted_group_sizes(plans: list[LayerPlan]) -> None:
+def log_adjusted_group_sizes(plans: list[LayerPlan]) -> None:
     adjusted: dict[str, list[str]] = {}
     for p in plans:
         if p.note.startswith("group size adjusted"):

@@ -48,8 +48,12 @@ def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = Fa
         )
 
 
-def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None = None, trust_remote_code: bool = False) -> None:
-    """Run optimum-intel's exporter without any weight compression (float IR, stateful)."""
+def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None = None, trust_remote_code: bool = False,
+                    *, expect_ir: bool = True) -> None:
+    """Run optimum-intel's exporter without any weight compression (float IR, stateful).
+
+    ``expect_ir=False``: the IR is not expected on disk (the caller captured it).
+    """
     from optimum.exporters.openvino import main_export
     from optimum.intel.openvino.configuration import OVConfig
 
@@ -69,5 +73,5 @@ def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None 
             f"optimum-intel could not export {model_id}: {exc}. Check that its architecture is supported by "
             "optimum-intel's OpenVINO exporter (or pass trust_remote_code=True for custom code)."
         ) from exc
-    if not (output / IR_XML).is_file():
+    if expect_ir and not (output / IR_XML).is_file():
         raise ExportError(f"the exporter wrote no {IR_XML} for {model_id}; the architecture is probably unsupported.")

@@ -1,17 +1,24 @@
 """The export pipeline: checkpoint (or float IR) -> compressed IR folder, which appears only when complete.
 
 * :func:`export_ir` is the one place that decides how a checkpoint becomes
-  an IR: a GPTQ/AWQ checkpoint keeps its integer weights
+  a float IR: a GPTQ/AWQ checkpoint keeps its integer weights
   (:mod:`optimum_wc.export.prequantized`), anything else goes through
-  optimum-intel's exporter as a float model.  ``export_model``, both CLIs,
-  the model class and the optimum-intel hook all come through it.
-* :func:`export_folder`: checkpoint -> IR (staged) -> read back (memory-mapped)
-  -> our engine -> save -> move into place.  Only one float copy of the
-  weights is ever in memory.
-* :func:`compress_ir_folder`: the same from a float IR folder you already have.
+  optimum-intel's exporter as a float model.  The model class and the
+  optimum-intel hook come through it.
+* :func:`float_model`: the float ``openvino.Model`` of a checkpoint.  A local
+  safetensors checkpoint is *streamed* (:mod:`optimum_wc.export.streaming`):
+  traced with placeholder weights, bound to the memory-mapped shards, no
+  float IR written; anything else goes through :func:`export_ir` and is
+  read back memory-mapped.
+* :func:`compress_and_save`: data-free configs are written layer by layer
+  straight into the output IR (:func:`optimum_wc.engine.streaming.compress_to_ir`),
+  data-aware ones compressed in memory by ``compress_model``, then saved.
+* :func:`export_folder` (``export_model``, both CLIs) and
+  :func:`compress_ir_folder` (from a float IR folder you already have) put
+  them together in a staging folder moved into place when complete.
 
-Both write ``compression_report.json`` and, when compressing,
-``optimum_wc_config.json`` beside the model.
+Both write ``compression_report.json`` (with peak memory and bytes read and
+written) and, when compressing, ``optimum_wc_config.json`` beside the model.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from ..calibration.samples import load_tokenizer
 from ..checkpoints.formats import PrequantizedFormat, detect_prequantized
 from ..config import WeightCompressionConfig
 from ..engine import compress_model
+from ..engine.streaming import compress_to_ir
 from ..errors import ExportError
 from ..ir.rt_info import read_rt_info
 from ..layout import CONFIG_FILE, IR_BIN, IR_XML, REPORT_FILE, copy_side_files, move_into_place, staging_dir, write_config_file
 from ..report import Stages, write_report
+from ..resources import ResourceMonitor
 from .float_ir import check_model_source, export_float_ir
 from .prequantized import export_prequantized_ir
+from .streaming import try_export_float_model
 
 logger = logging.getLogger("optimum_wc")
 
@@ -71,12 +81,56 @@ def calibration_tokenizer(config: WeightCompressionConfig, folder: Path, require
     return load_tokenizer(folder, required) if config.needs_data else None
 
 
-def _save(model, folder: Path, config: WeightCompressionConfig | None, stages: Stages, **report: Any) -> dict:
-    """Save ``model`` as the IR of ``folder`` with its report (and our config file when compressed)."""
+def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None, trust_remote_code: bool = False
+                ) -> tuple[Any, Any]:
+    """The float ``openvino.Model`` of ``model_id`` and what its weights are read from; side files go to ``work``.
+
+    A local safetensors checkpoint is streamed (:mod:`optimum_wc.export.streaming`:
+    no float IR, weights bound to the memory-mapped shards); anything else
+    (a GPTQ/AWQ checkpoint, ``.bin`` weights, a hub id, an architecture the
+    streamed export cannot trace) goes through :func:`export_ir` into
+    ``work`` and is read back memory-mapped.  The second item is the
+    streamed checkpoint's :class:`~optimum_wc.checkpoints.tensors.CheckpointTensors`,
+    or the float IR's ``.bin`` path.
+    """
     import openvino as ov
 
-    ov.save_model(model, folder / IR_XML, compress_to_fp16=False)
-    written = write_report(folder, model, timings=stages.close(), **report)
+    work.mkdir(parents=True, exist_ok=True)
+    if detect_prequantized(model_id) is None:
+        streamed = try_export_float_model(model_id, work, task, trust_remote_code)
+        if streamed is not None:
+            return streamed
+    export_ir(model_id, work, task, trust_remote_code)
+    return ov.Core().read_model(work / IR_XML), work / IR_BIN
+
+
+def compress_and_save(model, folder: Path, config: WeightCompressionConfig | None, stages: Stages, *,
+                      progress: bool = False, tokenizer: Any = None, monitor: ResourceMonitor | None = None,
+                      float_source: Any = None, **report: Any) -> dict:
+    """Compress ``model`` with ``config`` (None: keep it float) and save it into ``folder`` with its report.
+
+    Data-free configs are written layer by layer straight into the IR
+    (:func:`optimum_wc.engine.streaming.compress_to_ir`); data-aware ones
+    compress the whole model in memory first (``compress_model``).
+    """
+    import openvino as ov
+
+    float_bytes = sum(c.get_byte_size() for c in model.get_ops() if c.get_type_name() == "Constant")
+    stages.start("compress")
+    if config is not None and not config.needs_data:
+        compress_to_ir(model, config, folder / IR_XML, progress=progress)
+        stages.start("save")
+    else:
+        if config is not None:
+            compress_model(model, config, progress=progress, tokenizer=tokenizer)
+        stages.start("save")
+        ov.save_model(model, folder / IR_XML, compress_to_fp16=False)
+    resources = {}
+    if monitor is not None:
+        read = getattr(float_source, "bytes_read", None)
+        resources = monitor.stop(checkpoint_bytes_read=read, streamed=read is not None)
+    float_bin = float_source if isinstance(float_source, Path) else float_bytes
+    written = write_report(folder, model, timings=stages.close(), float_bin=float_bin, resources=resources, **report)
     if config is not None:
         write_config_file(folder, config.to_dict())
     return written
@@ -95,31 +149,39 @@ def export_folder(
 
     Returns the output folder, which holds the IR, the exporter's config and
     tokenizer files, ``compression_report.json`` and ``optimum_wc_config.json``.
+    Peak memory and bytes read/written go to the report's ``resources``.
     """
-    import openvino as ov
-
     wc_config = None if config is None else WeightCompressionConfig.coerce(config)
     check_model_source(model_id, trust_remote_code)
     target = Path(output_dir)
     with staging_dir(target) as tmp:
-        float_dir, out_dir = tmp / "float", tmp / "out"
+        export_into(model_id, tmp / "out", wc_config, tmp / "float", task=task, trust_remote_code=trust_remote_code,
+                    progress=progress)
+        move_into_place(tmp / "out", target)
+    return target
+
+
+def export_into(model_id: str | os.PathLike, out_dir: Path, config: WeightCompressionConfig | None, work: Path, *,
+                task: str | None = None, trust_remote_code: bool = False, progress: bool = False) -> dict:
+    """The body of :func:`export_folder`: export, compress and save into ``out_dir`` (``work``: scratch, removed).
+
+    Also what ``from_pretrained(..., export=True, quantization_config=WeightCompressionConfig(...))`` runs
+    (through the optimum-intel hook).  Returns the report.
+    """
+    with ResourceMonitor() as monitor:
         stages = Stages(("export", "compress", "save"), progress)
         stages.start("export")
         start = time.perf_counter()
-        export_ir(model_id, float_dir, task, trust_remote_code)
-        logger.info("Exported the float IR in %.1f s.", time.perf_counter() - start)
-        out_dir.mkdir()
-        model = ov.Core().read_model(float_dir / IR_XML)
-        stages.start("compress")
-        if wc_config is not None:
-            compress_model(model, wc_config, progress=progress, tokenizer=calibration_tokenizer(wc_config, float_dir))
-        stages.start("save")
-        _save(model, out_dir, wc_config, stages, model_id=model_id, float_bin=float_dir / IR_BIN)
+        model, source = float_model(model_id, work, task, trust_remote_code)
+        logger.info("Exported the float model in %.1f s.", time.perf_counter() - start)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = calibration_tokenizer(config, work) if config is not None else None
+        report = compress_and_save(model, out_dir, config, stages, progress=progress, tokenizer=tokenizer,
+                                   monitor=monitor, float_source=source, model_id=str(model_id))
         del model
-        copy_side_files(float_dir, out_dir, skip=(CONFIG_FILE,))
-        shutil.rmtree(float_dir)
-        move_into_place(out_dir, target)
-    return target
+    copy_side_files(work, out_dir, skip=(CONFIG_FILE, IR_XML, IR_BIN))
+    shutil.rmtree(work)
+    return report
 
 
 def check_ir_input(input_dir: Path) -> None:
@@ -143,7 +205,7 @@ def compress_ir_folder(input_dir: str | Path, output_dir: str | Path, config: We
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     check_ir_input(input_dir)
     stages = Stages(("read", "compress", "save"), progress, desc="Compress")
-    with staging_dir(output_dir) as tmp:
+    with staging_dir(output_dir) as tmp, ResourceMonitor() as monitor:
         stages.start("read")
         try:
             model = ov.Core().read_model(input_dir / IR_XML)
@@ -151,13 +213,10 @@ def compress_ir_folder(input_dir: str | Path, output_dir: str | Path, config: We
             raise ExportError(f"cannot read {input_dir / IR_XML}: {' '.join(str(exc).split())[:300]}") from exc
         if read_rt_info(model) is not None:
             raise ExportError(f"{input_dir} was already compressed by optimum-wc; pass the float IR it was made from.")
-        stages.start("compress")
         if tokenizer is None:
             tokenizer = calibration_tokenizer(config, input_dir, required=False)
-        compress_model(model, config, progress=progress, tokenizer=tokenizer)
-        stages.start("save")
-        report = _save(model, tmp, config, stages, model_id=str(input_dir), float_bin=input_dir / IR_BIN,
-                       source="compress")
+        report = compress_and_save(model, tmp, config, stages, progress=progress, tokenizer=tokenizer, monitor=monitor,
+                                   float_source=input_dir / IR_BIN, model_id=str(input_dir), source="compress")
         del model
         copy_side_files(input_dir, tmp, skip=(REPORT_FILE, CONFIG_FILE), folders=True)
         move_into_place(tmp, output_dir)

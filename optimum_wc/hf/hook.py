@@ -2,22 +2,26 @@
 
 optimum-intel has no registry for foreign quantization configs: its
 ``_from_pretrained`` hands any ``quantization_config`` to NNCF through
-``OVConfig``, which rejects other types.  The narrowest hook is therefore to
-wrap that one classmethod: when ``quantization_config`` is a
-:class:`~optimum_wc.config.WeightCompressionConfig`, the model is loaded
-uncompressed and uncompiled, compressed by :func:`optimum_wc.compress_model`,
-then compiled.  Every other call goes to optimum-intel unchanged.  (Its
-``_from_transformers`` already exports without NNCF's default INT8 whenever a
-``quantization_config`` is given.)  ``_save_openvino_config`` is wrapped too,
-so ``save_pretrained`` writes our config beside the IR.  The decoder module's
-``main_export`` (what ``from_pretrained(..., export=True)`` calls) is wrapped
-so that every checkpoint goes through our one dispatch point,
-:func:`optimum_wc.export.pipeline.export_ir`: a local GPTQ/AWQ checkpoint is
-exported keeping its integer weights (no ``gptqmodel``, no CUDA), anything
-else goes on to optimum-intel's exporter unchanged.
+``OVConfig``, which rejects other types.  So three of its functions are
+wrapped; every call without our config goes to optimum-intel unchanged:
 
-The wrap is installed when ``optimum.intel.openvino.modeling_decoder`` is
-imported (or at once if it already is), so importing optimum_wc stays cheap.
+* ``_export`` (what ``from_pretrained(..., export=True)`` runs) notes a
+  pending :class:`~optimum_wc.config.WeightCompressionConfig`;
+* the decoder module's ``main_export`` then runs our pipeline
+  (:func:`optimum_wc.export.pipeline.export_into`, as ``export_model`` does:
+  weights streamed from the checkpoint, data-free configs written layer by
+  layer), and ``_from_pretrained`` loads that compressed IR as it is.
+  Without a pending config, ``main_export`` goes through our dispatch point
+  :func:`optimum_wc.export.pipeline.export_ir` (a local GPTQ/AWQ checkpoint
+  keeps its integer weights, anything else goes to optimum-intel's exporter);
+* ``_from_pretrained`` with our config on an IR folder (no export) loads it
+  uncompressed and uncompiled, compresses it with
+  :func:`optimum_wc.compress_model`, then compiles.
+
+``_save_openvino_config`` is wrapped too, so ``save_pretrained`` writes our
+config beside the IR.  The wrap is installed when
+``optimum.intel.openvino.modeling_decoder`` is imported (or at once if it
+already is), so importing optimum_wc stays cheap.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ import importlib.abc
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 
 from ..config import WeightCompressionConfig
 
 _TARGET = "optimum.intel.openvino.modeling_decoder"
+# Between ``_export`` and its ``main_export``/``_from_pretrained`` calls: our config, then the folder compressed with it.
+_PENDING = threading.local()
 _BASE = "optimum.intel.openvino.modeling_base"
 
 
@@ -42,6 +49,10 @@ def _wrap(decoder_module, base_module) -> None:
 
     def _from_pretrained(klass, model_id, config, *args, quantization_config=None, **kwargs):
         config = _without_stale_quantization_config(model_id, config)
+        if isinstance(quantization_config, WeightCompressionConfig) and _is_compressed_export(model_id):
+            model = original(klass, model_id, config, *args, quantization_config=None, **kwargs)
+            model._wc_config = quantization_config  # exported and compressed by main_export below, as export_model does
+            return model
         if not isinstance(quantization_config, WeightCompressionConfig):
             from ..layout import CONFIG_FILE
 
@@ -66,15 +77,35 @@ def _wrap(decoder_module, base_module) -> None:
         return model
 
     cls._from_pretrained = classmethod(_from_pretrained)
+    original_cls_export = cls._export.__func__  # defined on a base class
+
+    def _export(klass, model_id, config, *args, quantization_config=None, **kwargs):
+        _PENDING.config = quantization_config if isinstance(quantization_config, WeightCompressionConfig) else None
+        _PENDING.compressed = None
+        try:
+            return original_cls_export(klass, model_id, config, *args, quantization_config=quantization_config, **kwargs)
+        finally:
+            _PENDING.config = _PENDING.compressed = None
+
+    cls._export = classmethod(_export)
     cls._optimum_wc_patched = True
 
     original_export = decoder_module.main_export
 
     def main_export(model_name_or_path, output, *args, **kwargs):
-        """optimum-intel's ``_export``, through our dispatch point (GPTQ/AWQ: exported by us, keeping the integers)."""
+        """optimum-intel's ``_export``, through our pipeline when our config is pending, else our dispatch point."""
+        task, trust = kwargs.get("task"), kwargs.get("trust_remote_code", False)
+        wc_config = getattr(_PENDING, "config", None)
+        if wc_config is not None:  # the same export and compression as export_model (weights streamed when possible)
+            from ..export.pipeline import export_into
+
+            export_into(model_name_or_path, Path(output), wc_config, Path(output) / ".optimum-wc-float", task=task,
+                        trust_remote_code=trust)
+            _PENDING.config, _PENDING.compressed = None, Path(output)
+            return
         from ..export.pipeline import export_ir
 
-        export_ir(model_name_or_path, Path(output), kwargs.get("task"), kwargs.get("trust_remote_code", False),
+        export_ir(model_name_or_path, Path(output), task, trust,
                   float_export=lambda: original_export(model_name_or_path, output, *args, **kwargs))
 
     decoder_module.main_export = main_export
@@ -91,6 +122,12 @@ def _wrap(decoder_module, base_module) -> None:
         return original_save(self, save_directory)
 
     base._save_openvino_config = _save_openvino_config
+
+
+def _is_compressed_export(model_id) -> bool:
+    """``model_id`` is the folder our ``main_export`` just exported and compressed for the pending ``_export``."""
+    compressed = getattr(_PENDING, "compressed", None)
+    return compressed is not None and Path(str(model_id)) == compressed
 
 
 def _without_stale_quantization_config(model_id, config):

@@ -37,42 +37,82 @@ CODE_TYPES = {
 }
 
 
-def integer_constant(values: np.ndarray, element_type, name: str):
-    """A Constant of ``element_type`` (u4/i4/u8/i8) holding ``values`` (uint8/int8)."""
-    shape = ov.Shape(list(values.shape))
+def ir_bytes(values: np.ndarray, element_type) -> np.ndarray:
+    """``values`` (uint8/int8 codes, or f16 scales) laid out as the IR stores ``element_type`` (u4/i4: two per byte)."""
     if element_type in (ov.Type.u4, ov.Type.i4):
-        tensor = ov.Tensor(pack_nibbles(values), shape, element_type)
-    else:
-        tensor = ov.Tensor(np.ascontiguousarray(values), shape, element_type)
-    const = ov_op.Constant(tensor, shared_memory=False)
+        return pack_nibbles(values)
+    return np.ascontiguousarray(values)
+
+
+def _constant(data: np.ndarray, element_type, shape, name: str, shared: bool = False):
+    const = ov_op.Constant(ov.Tensor(data, ov.Shape(list(shape)), element_type), shared_memory=shared)
     const.set_friendly_name(name)
     return const
 
 
-def decompression_subgraph(cw: CompressedWeight, name: str):
-    """Build ``codes -> Convert -> [Subtract zp] -> Multiply scale -> [Reshape]`` (output f16)."""
+def integer_constant(values: np.ndarray, element_type, name: str):
+    """A Constant of ``element_type`` (u4/i4/u8/i8) holding ``values`` (uint8/int8)."""
+    return _constant(ir_bytes(values, element_type), element_type, values.shape, name)
+
+
+def constant_arrays(cw: CompressedWeight, name: str) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
+    """The constants of ``cw``'s subgraph: ``{friendly name: (bytes as the IR stores them, element type, shape)}``."""
     code_type = CODE_TYPES[cw.mode]
-    weight = ops.convert(integer_constant(cw.codes, code_type, name), ov.Type.f16, name=f"{name}/convert")
+    arrays = {name: (ir_bytes(cw.codes, code_type), code_type, cw.codes.shape)}
     if cw.zero_point is not None:
-        zp_const = integer_constant(cw.zero_point, code_type, f"{name}/zero_point")
+        arrays[f"{name}/zero_point"] = (ir_bytes(cw.zero_point, code_type), code_type, cw.zero_point.shape)
+    # (contiguous: the OpenVINO binding mistypes a strided float16 array as i16)
+    arrays[f"{name}/scale"] = (np.ascontiguousarray(cw.scale, dtype=np.float16), ov.Type.f16, cw.scale.shape)
+    return arrays
+
+
+def placeholder_arrays(mode: CompressWeightsMode, codes_shape: tuple[int, ...], scale_shape: tuple[int, ...],
+                       name: str, zeros: np.ndarray) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
+    """Arrays of :func:`constant_arrays`' layout for a weight not yet compressed: views of the buffer ``zeros``."""
+    code_type = CODE_TYPES[mode]
+    per_byte = 2 if code_type in (ov.Type.u4, ov.Type.i4) else 1
+    view = lambda shape, k: zeros[: (int(np.prod(shape)) * k + per_byte - 1) // per_byte]  # noqa: E731
+    arrays = {name: (view(codes_shape, 1), code_type, codes_shape)}
+    if mode.is_asym:
+        arrays[f"{name}/zero_point"] = (view(scale_shape, 1), code_type, scale_shape)
+    arrays[f"{name}/scale"] = (zeros[: 2 * int(np.prod(scale_shape))], ov.Type.f16, scale_shape)
+    return arrays
+
+
+def subgraph_from_arrays(arrays: dict, group_size: int, original_shape: tuple[int, ...], name: str,
+                         shared: bool = False):
+    """Build ``codes -> Convert -> [Subtract zp] -> Multiply scale -> [Reshape]`` (output f16) from ``arrays``.
+
+    ``shared``: the constants use the arrays' memory instead of a copy.
+    """
+    codes = _constant(*arrays[name], name, shared)
+    weight = ops.convert(codes, ov.Type.f16, name=f"{name}/convert")
+    if f"{name}/zero_point" in arrays:
+        zp_const = _constant(*arrays[f"{name}/zero_point"], f"{name}/zero_point", shared)
         zp = ops.convert(zp_const, ov.Type.f16, name=f"{name}/zero_point/convert")
         weight = ops.subtract(weight, zp, name=f"{name}/zero_point/subtract")
-    # (contiguous: the OpenVINO binding mistypes a strided float16 array as i16)
-    scale = ops.constant(np.ascontiguousarray(cw.scale, dtype=np.float16), name=f"{name}/scale")
+    scale = _constant(*arrays[f"{name}/scale"], f"{name}/scale", shared)
     weight = ops.multiply(weight, scale, name=f"{name}/fq_weights")
-    if cw.group_size != -1:
-        shape = ops.constant(np.array(cw.original_shape, dtype=np.int64), name=f"{name}/reshape/shape")
+    if group_size != -1:
+        shape = ops.constant(np.array(original_shape, dtype=np.int64), name=f"{name}/reshape/shape")
         weight = ops.reshape(weight, shape, special_zero=False, name=f"{name}/reshape")
     return weight
 
 
-def replace_with_compressed(site: WeightSite, cw: CompressedWeight) -> None:
+def decompression_subgraph(cw: CompressedWeight, name: str):
+    """Build ``codes -> Convert -> [Subtract zp] -> Multiply scale -> [Reshape]`` (output f16)."""
+    return subgraph_from_arrays(constant_arrays(cw, name), cw.group_size, cw.original_shape, name)
+
+
+def replace_with_compressed(site: WeightSite, cw: CompressedWeight, new=None) -> None:
     """Swap ``site``'s float constant for its decompression subgraph, in place.
 
     Convert nodes that only cast the old constant to f16 are bypassed; a
     final Convert restores the consumers' float type (f32 or f16 IR alike).
+    ``new``: the subgraph's output, when already built (e.g. of placeholders).
     """
-    new = decompression_subgraph(cw, site.name)
+    if new is None:
+        new = decompression_subgraph(cw, site.name)
     converted: dict[Any, Any] = {}
 
     def output_as(element_type):

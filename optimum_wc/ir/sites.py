@@ -21,6 +21,8 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from ..quant.lowering import Bfloat16Bits
+
 FLOAT_TYPES = (ov.Type.f32, ov.Type.f16, ov.Type.bf16)
 # Graph patterns whose MatMul is not a linear layer, as data: a MatMul whose
 # output reaches one of `targets` through only `through` ops is skipped.
@@ -188,6 +190,14 @@ def read_weight(site: WeightSite) -> np.ndarray:
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(site.shape)
     data = const.get_data()
     return data if data.dtype == np.float32 else data.astype(np.float32)
+
+
+def stored_weight(site: WeightSite) -> np.ndarray:
+    """The weight as it is stored, without a copy: float32/float16 arrays, bfloat16 as :class:`Bfloat16Bits`."""
+    data = site.const.get_tensor_view().data
+    if site.const.get_element_type() == ov.Type.bf16:  # the binding shows bfloat16 as float16: reinterpret the bits
+        return data.view(np.uint16).view(Bfloat16Bits)
+    return data
 
 
 def set_float_weight(site: WeightSite, weight: np.ndarray) -> None:

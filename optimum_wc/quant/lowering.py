@@ -32,6 +32,23 @@ _BLOCK_ELEMENTS = 1 << 18
 _POOL: ThreadPoolExecutor | None = None
 
 
+class Bfloat16Bits(np.ndarray):
+    """A bfloat16 weight held as its uint16 bits (e.g. a view of a memory-mapped checkpoint).
+
+    :func:`quantize` converts it to float32 block by block (:func:`as_float32`),
+    so the whole weight never exists in float32.  Slices and reshapes keep the type.
+    """
+
+
+def as_float32(w: np.ndarray) -> np.ndarray:
+    """``w`` in float32 (:class:`Bfloat16Bits` decoded, other float types converted, float32 as it is)."""
+    if isinstance(w, Bfloat16Bits):  # one pass: the shift widens to uint32 inside the ufunc loop
+        out = np.empty(w.shape, dtype=np.uint32)
+        np.left_shift(np.asarray(w, dtype=np.uint16), 16, out=out, dtype=np.uint32)
+        return out.view(np.float32)
+    return np.asarray(w, dtype=np.float32)
+
+
 @dataclass
 class CompressedWeight:
     """Codes and decompression parameters of one weight.
@@ -71,6 +88,16 @@ def grouped(weight: np.ndarray, axis: int, group_size: int) -> tuple[np.ndarray,
         raise ValueError(f"channel size {n} is not divisible by group size {group_size}")
     shape = weight.shape[:axis] + (n // group_size, group_size) + weight.shape[axis + 1 :]
     return weight.reshape(shape), axis + 1
+
+
+def compressed_shapes(shape: tuple[int, ...], axis: int, group_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the codes and of the scale (and zero point) that :func:`quantize` gives for a weight of ``shape``."""
+    axis = axis % len(shape)
+    codes = tuple(shape)
+    if group_size != -1:
+        codes = codes[:axis] + (shape[axis] // group_size, group_size) + codes[axis + 1 :]
+        axis += 1
+    return codes, codes[:axis] + (1,) + codes[axis + 1 :]
 
 
 def levels(mode: CompressWeightsMode) -> tuple[int, int]:
@@ -119,7 +146,7 @@ def rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | No
 
 def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
     """Codes, scale, zero point and the block's squared error and squared norm."""
-    w = np.asarray(w, dtype=np.float32)
+    w = as_float32(w)
     scale, zp = quantization_params(w, axis, mode)
     q = rounded_levels(w, scale, zp, mode)
     codes = q.astype(np.uint8 if mode.is_asym else np.int8)
@@ -144,6 +171,8 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     The work is split into blocks along the first non-reduced axis and run on
     a small thread pool (NumPy releases the GIL); every block uses exactly the
     element-wise formulas above, so the result does not depend on the split.
+    ``weight`` may be float16 or :class:`Bfloat16Bits`: each block is converted
+    to float32 on its own.
     """
     w, red = grouped(weight, axis, group_size)
     split_axis = 0 if red != 0 else 1
@@ -156,14 +185,24 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
         lead = (slice(None),) * split_axis
         blocks = [w[lead + (slice(i, i + rows),)] for i in range(0, n, rows)]
     if len(blocks) == 1:
-        parts = [_quantize_block(blocks[0], red, mode)]
-    else:
-        parts = list(_pool().map(lambda b: _quantize_block(b, red, mode), blocks))
-    cat = (lambda xs: xs[0]) if len(parts) == 1 else (lambda xs: np.concatenate(xs, axis=split_axis))
-    codes = cat([p[0] for p in parts])
-    scale = cat([p[1] for p in parts])
-    zp = cat([p[2] for p in parts]) if mode.is_asym else None
-    sq_error, sq_norm = sum(p[3] for p in parts), sum(p[4] for p in parts)
+        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode)
+    else:  # each block's results go straight into the outputs: no concatenated copy of the codes
+        param_shape = w.shape[:red] + (1,) + w.shape[red + 1 :]
+        codes = np.empty(w.shape, dtype=np.uint8 if mode.is_asym else np.int8)
+        scale = np.empty(param_shape, dtype=np.float32)
+        zp = np.empty(param_shape, dtype=np.uint8) if mode.is_asym else None
+        lead = (slice(None),) * split_axis
+        rows = blocks[0].shape[split_axis]
+
+        def run(i: int) -> tuple[float, float]:
+            at = lead + (slice(i * rows, i * rows + blocks[i].shape[split_axis]),)
+            codes[at], scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode)
+            if zp is not None:
+                zp[at] = block_zp
+            return err, norm
+
+        sums = list(_pool().map(run, range(len(blocks))))
+        sq_error, sq_norm = sum(e for e, _ in sums), sum(n for _, n in sums)
     return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm)
 
 

@@ -1,0 +1,152 @@
+"""Data-free compression written straight into the IR files, one layer in memory at a time.
+
+Objective: the IR that ``compress_model`` followed by ``openvino.save_model``
+writes, byte for byte, with anonymous memory bounded by a few layers' float
+weights whatever the model's size.  The float weights are read where they
+are (a memory-mapped checkpoint or IR); the compressed ones go to the
+``.bin`` as soon as they are computed:
+
+1. plan every layer (:mod:`optimum_wc.engine.planning`), as ``compress_model`` does;
+2. put each planned layer's decompression subgraph in the graph with
+   *placeholder* constants (views of one zero buffer), so the graph has its
+   final structure and its serialization order is known;
+3. walk the constants in that order (:mod:`optimum_wc.ir.serialize`): a
+   layer's codes, zero points and scales are computed when its first
+   constant comes up (a few layers ahead on a thread pool), written, and
+   released; every other constant is written as it is;
+4. serialize the XML and give it the written offsets.
+
+The model object is left holding placeholders: read the IR back to use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import WeightCompressionConfig
+from ..errors import ConfigError
+from ..ir.decompression import constant_arrays, placeholder_arrays, replace_with_compressed, subgraph_from_arrays
+from ..ir.rt_info import write_rt_info
+from ..ir.serialize import OrderedBinWriter, constant_bytes, ordered_constants, write_xml
+from ..ir.sites import find_weight_sites, stored_weight
+from ..layout import IR_BIN
+from ..quant.lowering import compressed_shapes
+from ..report import bitwidth_table
+from .compress import log_adjusted_group_sizes
+from .planning import LayerPlan, plan_layers
+from .sensitivity import sensitivity_function
+from .steps import RTN, LayerInput, StepData, step_for
+from .threads import in_order
+
+logger = logging.getLogger("optimum_wc")
+
+
+def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Path, *, progress: bool = False
+                   ) -> list[dict[str, Any]]:
+    """Compress ``ov_model``'s weights with the data-free ``config`` into ``xml_path`` and its ``.bin``.
+
+    Returns the layer records (also in the IR's ``rt_info``).  Data-aware
+    configs need the whole float model for calibration: use ``compress_model``.
+    """
+    if config.needs_data:
+        raise ConfigError("compress_to_ir is for data-free configs; data-aware options go through compress_model.")
+    start = time.perf_counter()
+    step = step_for(config)
+    assert step is RTN, "data-free configs round to nearest"
+    sites, skipped = find_weight_sites(ov_model)
+    for op_name, reason in skipped:
+        logger.info("Not compressed: %s (%s)", op_name, reason)
+    plans = plan_layers(sites, config, sensitivity_function(config.effective_sensitivity_metric, None))
+    log_adjusted_group_sizes(plans)
+    records = {id(p): p.record() for p in plans}
+    # ``zeros`` backs every placeholder constant (shared memory): it must outlive the XML serialization
+    owners, float_sites, zeros = _place_placeholders([p for p in plans if p.mode is not None])
+
+    constants = ordered_constants(ov_model)
+    need, seen = [], set()  # each layer, where its first constant comes up
+    for const in constants:
+        p = owners.get(const.get_friendly_name())
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            need.append(p)
+
+    data = StepData(None)
+
+    def compute(p: LayerPlan):
+        # round to nearest reads the stored weight block by block: no float32 copy of the whole weight
+        site = float_sites[id(p)]
+        out = (step if p.is_primary_matmul(config.mode) else RTN).run([LayerInput(p, stored_weight(site))], data)[0]
+        return out, constant_arrays(out.compressed, p.site.name)
+
+    bar = _bar(len(need), progress)
+    results = in_order(compute, need)
+    ready: dict[int, dict] = {}
+    bin_path = Path(xml_path).with_suffix(".bin") if Path(xml_path).suffix == ".xml" else Path(xml_path).parent / IR_BIN
+    writer = OrderedBinWriter(bin_path)
+    try:
+        for const in constants:
+            p = owners.get(const.get_friendly_name())
+            if p is None:
+                writer.write(constant_bytes(const))
+                continue
+            while id(p) not in ready:
+                q, (out, arrays) = next(results)
+                records[id(q)]["relative_error"] = round(out.compressed.relative_error, 6)
+                records[id(q)].update(out.notes)
+                ready[id(q)] = arrays
+                float_sites.pop(id(q)).const = None  # the float weight is no longer referenced
+                if bar is not None:
+                    bar.update(1)
+            arrays = ready[id(p)]
+            writer.write(arrays.pop(const.get_friendly_name())[0])
+            if not arrays:
+                del ready[id(p)]
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    layers = [records[id(p)] for p in plans]
+    write_rt_info(ov_model, config.to_dict(), layers)
+    write_xml(ov_model, Path(xml_path), writer.offsets, writer.sizes)
+    del zeros
+    logger.info("Weight compression (streamed to %s) took %.2f s.\n%s", bin_path.name, time.perf_counter() - start,
+                bitwidth_table(layers))
+    return layers
+
+
+def _place_placeholders(plans: list[LayerPlan]) -> tuple[dict[str, LayerPlan], dict[int, Any], np.ndarray]:
+    """Give each plan its decompression subgraph of placeholders.
+
+    Returns the constants' owners, the float sites and the zero buffer the
+    placeholders share (keep it alive while the graph is used).
+    """
+    shapes = {id(p): compressed_shapes(p.site.shape, p.site.reduction_axis, p.group_size) for p in plans}
+    largest = max((int(np.prod(c)) + 2 * int(np.prod(s)) for c, s in shapes.values()), default=0)
+    zeros = np.zeros(largest + 1, dtype=np.uint8)
+    owners: dict[str, LayerPlan] = {}
+    float_sites: dict[int, Any] = {}
+    for p in plans:
+        float_sites[id(p)] = dataclasses.replace(p.site)  # keeps the float constant for reading the weight later
+        arrays = placeholder_arrays(p.mode, *shapes[id(p)], p.site.name, zeros)
+        new = subgraph_from_arrays(arrays, p.group_size, p.site.shape, p.site.name, shared=True)
+        replace_with_compressed(p.site, None, new)
+        p.site = float_sites[id(p)]  # the plan's site stays readable for the steps
+        for name in arrays:
+            if name in owners:
+                raise ConfigError(f"two weights would both write a constant named {name!r}; rename one of them.")
+            owners[name] = p
+    return owners, float_sites, zeros
+
+
+def _bar(total: int, progress: bool):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Compressing weights", unit="layer")

@@ -1,0 +1,88 @@
+"""What an export cost the machine: peak memory and bytes read and written, from ``/proc/self``.
+
+Objective: figures a user can compare with the machine's limits.  Peak
+*anonymous* memory (``RssAnon``) is what cannot be paged out without swap;
+peak RSS (``VmHWM``) also counts the memory-mapped checkpoint and IR pages,
+which the kernel drops under pressure.  The kernel keeps no peak of
+``RssAnon``, so a daemon thread samples it.  On systems without ``/proc``
+the figures are None.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+_STATUS = Path("/proc/self/status")
+_IO = Path("/proc/self/io")
+INTERVAL_S = 0.05
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _io() -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in (line.split(": ") for line in _IO.read_text().splitlines())}
+    except (OSError, ValueError):
+        return {}
+
+
+class ResourceMonitor:
+    """Context manager: ``peak_anonymous_bytes``, ``peak_rss_bytes`` and I/O deltas of the ``with`` block."""
+
+    def __init__(self, interval_s: float = INTERVAL_S):
+        self.interval_s = interval_s
+        self.peak_anon_kib = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._io_start: dict[str, int] = {}
+        self.figures: dict[str, Any] = {}
+
+    def _sample(self) -> None:
+        anon = _status_kib("RssAnon")
+        if anon is not None and anon > self.peak_anon_kib:
+            self.peak_anon_kib = anon
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> "ResourceMonitor":
+        self._io_start = _io()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="optimum-wc-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self, **extra: Any) -> dict[str, Any]:
+        """Stop sampling and return the figures (``extra`` added, e.g. the checkpoint bytes read)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self._sample()
+            hwm = _status_kib("VmHWM")
+            io = _io()
+            delta = {k: io[k] - self._io_start.get(k, 0) for k in ("rchar", "wchar", "read_bytes", "write_bytes") if k in io}
+            self.figures = {
+                "peak_anonymous_bytes": self.peak_anon_kib * 1024 if self.peak_anon_kib else None,
+                "peak_rss_bytes": hwm * 1024 if hwm is not None else None,
+                "bytes_read": delta.get("rchar"),  # through read() calls, page cache included (not mmap)
+                "bytes_written": delta.get("wchar"),
+                "disk_bytes_read": delta.get("read_bytes"),  # that reached the storage layer
+                "disk_bytes_written": delta.get("write_bytes"),
+            }
+        self.figures.update(extra)
+        return self.figures
