@@ -86,3 +86,56 @@ class ResourceMonitor:
             }
         self.figures.update(extra)
         return self.figures
+
+
+
+_PAGE = 4096
+
+
+_MADV_DONTNEED = 4
+_LIBC: Any = None
+
+
+def release(array) -> None:
+    """Unmap the pages of ``array`` (a view of a memory-mapped file) from this process; they stay in the page cache.
+
+    Objective: pages of weights already compressed cost nothing to reclaim
+    (no unmapping, no TLB shootdown on the compressing threads) when the
+    checkpoint is larger than the memory.  Only pages of a read-only file
+    mapping are released (their data is read again from the file on the next
+    access); anything else, or a system without ``/proc/self/maps`` or libc,
+    is left alone.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _LIBC = False
+    nbytes = getattr(array, "nbytes", 0)
+    if not _LIBC or nbytes < 2 * _PAGE:
+        return
+    import ctypes
+
+    start = array.ctypes.data
+    first = start + (-start) % _PAGE  # whole pages inside the array only
+    last = (start + nbytes) - (start + nbytes) % _PAGE
+    if last > first and _read_only_file_mapping(first, last):
+        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
+def _read_only_file_mapping(first: int, last: int) -> bool:
+    """``[first, last)`` lies in one mapping of a file that this process cannot write (``/proc/self/maps``)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        begin, end = (int(x, 16) for x in fields[0].split("-"))
+        if begin <= first and last <= end:
+            return len(fields) >= 6 and fields[4] != "0" and "w" not in fields[1]
+    return False

@@ -83,6 +83,28 @@ def safetensors_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
+_ALIGN = 4096  # O_DIRECT: offsets, sizes and memory aligned to this
+
+
+def _read_into(file: Path, view: memoryview, offset: int, needed: int, direct: bool) -> None:
+    """Fill ``view`` from ``file`` at ``offset`` until at least ``needed`` bytes are in (the file may end before)."""
+    import os
+
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
+    if direct and not flags & getattr(os, "O_DIRECT", 0):
+        raise OSError("O_DIRECT is not available here")
+    fd = os.open(file, flags)
+    try:
+        done = 0
+        while done < needed:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise ExportError(f"{file} ends inside a tensor: the file is truncated; re-download it.")
+            done += n
+    finally:
+        os.close(fd)
+
+
 class CheckpointTensors:
     """Every tensor of a safetensors checkpoint folder, read on demand as memory-mapped NumPy views.
 
@@ -116,6 +138,44 @@ class CheckpointTensors:
             self._handed.add(name)
             self.bytes_read += info.nbytes
         return mapped[info.begin : info.end].view(DTYPES[info.dtype][0]).reshape(info.shape)
+
+    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor ``name`` read into memory with ``pread`` (bfloat16 as uint16), bypassing the page cache.
+
+        Objective: the fastest way here from disk to memory.  Faulting pages
+        of a mapping in one by one costs several times more than large reads
+        (measured: 4 GiB cold, 3.5 s through the mapping, 0.5 s with
+        ``readinto``), and a buffered read still copies every byte out of the
+        page cache (where a checkpoint larger than the memory also makes the
+        kernel reclaim pages for every new allocation).  So the file is read
+        with ``O_DIRECT`` into an aligned buffer, straight from the disk,
+        falling back to a buffered read where the file system refuses it.
+        ``out``: a uint8 buffer of at least :meth:`buffer_bytes` to read into
+        (fresh memory costs the kernel a page clearing per page; a reused
+        buffer does not).  The result is a view of it.
+        """
+        info = self.info[name]
+        if out is None or out.nbytes < self.buffer_bytes(name):
+            out = np.empty(self.buffer_bytes(name), dtype=np.uint8)
+        skip = (-out.ctypes.data) % _ALIGN  # the first aligned byte of the buffer
+        start = info.begin - info.begin % _ALIGN
+        length = -(-(info.end - start) // _ALIGN) * _ALIGN
+        view = memoryview(out)[skip : skip + length]
+        try:
+            _read_into(info.file, view, start, info.end - start, direct=True)
+            data = out[skip + info.begin - start : skip + info.end - start]
+        except OSError:
+            view = memoryview(out)[: info.nbytes]
+            _read_into(info.file, view, info.begin, info.nbytes, direct=False)
+            data = out[: info.nbytes]
+        if name not in self._handed:
+            self._handed.add(name)
+            self.bytes_read += info.nbytes
+        return data.view(DTYPES[info.dtype][0]).reshape(info.shape)
+
+    def buffer_bytes(self, name: str) -> int:
+        """The size of a buffer :meth:`read` can read tensor ``name`` into."""
+        return self.info[name].nbytes + 3 * _ALIGN
 
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self.info.values())

@@ -22,6 +22,7 @@ The model object is left holding placeholders: read the IR back to use it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from ..ir.sites import find_weight_sites, stored_weight
 from ..layout import IR_BIN
 from ..quant.lowering import compressed_shapes
 from ..report import bitwidth_table
+from ..resources import release
 from .compress import log_adjusted_group_sizes
 from .planning import LayerPlan, plan_layers
 from .sensitivity import sensitivity_function
@@ -45,14 +47,19 @@ from .steps import RTN, LayerInput, StepData, step_for
 from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
+PREFETCH = 4  # layers whose weights the disk is asked for ahead of the one being compressed
 
 
-def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Path, *, progress: bool = False
-                   ) -> list[dict[str, Any]]:
+def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Path, *, progress: bool = False,
+                   source: Any = None) -> list[dict[str, Any]]:
     """Compress ``ov_model``'s weights with the data-free ``config`` into ``xml_path`` and its ``.bin``.
 
     Returns the layer records (also in the IR's ``rt_info``).  Data-aware
     configs need the whole float model for calibration: use ``compress_model``.
+    ``source`` reads a site's float weight some faster way than through its
+    constant, e.g. straight from the checkpoint's files: ``source.read(site)``
+    (None where it cannot) and, if it has them, ``source.will_need(site)`` a
+    few layers ahead and ``source.recycle(array)`` once a read array is used.
     """
     if config.needs_data:
         raise ConfigError("compress_to_ir is for data-free configs; data-aware options go through compress_model.")
@@ -81,14 +88,30 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     def compute(p: LayerPlan):
         # round to nearest reads the stored weight block by block: no float32 copy of the whole weight
         site = float_sites[id(p)]
-        out = (step if p.is_primary_matmul(config.mode) else RTN).run([LayerInput(p, stored_weight(site))], data)[0]
+        read = source.read(site) if source is not None else None
+        w = stored_weight(site) if read is None else read
+        out = (step if p.is_primary_matmul(config.mode) else RTN).run([LayerInput(p, w)], data)[0]
+        if read is not None and hasattr(source, "recycle"):
+            source.recycle(read)  # its memory serves the next read
         return out, constant_arrays(out.compressed, p.site.name)
 
     bar = _bar(len(need), progress)
-    results = in_order(compute, need)
+
+    def ahead(plans: list[LayerPlan]):
+        for k, p in enumerate(plans):  # the disk starts reading a few layers ahead of the maths
+            if hasattr(source, "will_need") and k + PREFETCH < len(plans):
+                source.will_need(float_sites[id(plans[k + PREFETCH])])
+            yield p
+
+    if hasattr(source, "will_need"):
+        for p in need[:PREFETCH]:
+            source.will_need(float_sites[id(p)])
+    results = in_order(compute, ahead(need))
     ready: dict[int, dict] = {}
     bin_path = Path(xml_path).with_suffix(".bin") if Path(xml_path).suffix == ".xml" else Path(xml_path).parent / IR_BIN
     writer = OrderedBinWriter(bin_path)
+    collecting = gc.isenabled()
+    gc.disable()  # no cycles are made here; the collector would only walk the graph's many small objects
     try:
         for const in constants:
             p = owners.get(const.get_friendly_name())
@@ -100,7 +123,9 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
                 records[id(q)]["relative_error"] = round(out.compressed.relative_error, 6)
                 records[id(q)].update(out.notes)
                 ready[id(q)] = arrays
-                float_sites.pop(id(q)).const = None  # the float weight is no longer referenced
+                done = float_sites.pop(id(q))
+                release(stored_weight(done))  # file-mapped pages leave this process (they stay in the page cache)
+                done.const = None  # the float weight is no longer referenced
                 if bar is not None:
                     bar.update(1)
             arrays = ready[id(p)]
@@ -108,6 +133,8 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
             if not arrays:
                 del ready[id(p)]
     finally:
+        if collecting:
+            gc.enable()
         writer.close()
         if bar is not None:
             bar.close()

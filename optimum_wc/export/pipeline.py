@@ -90,7 +90,7 @@ def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None
     (a GPTQ/AWQ checkpoint, ``.bin`` weights, a hub id, an architecture the
     streamed export cannot trace) goes through :func:`export_ir` into
     ``work`` and is read back memory-mapped.  The second item is the
-    streamed checkpoint's :class:`~optimum_wc.checkpoints.tensors.CheckpointTensors`,
+    streamed checkpoint's weight reader (:class:`~optimum_wc.export.streaming.CheckpointWeights`),
     or the float IR's ``.bin`` path.
     """
     import openvino as ov
@@ -118,7 +118,8 @@ def compress_and_save(model, folder: Path, config: WeightCompressionConfig | Non
     float_bytes = sum(c.get_byte_size() for c in model.get_ops() if c.get_type_name() == "Constant")
     stages.start("compress")
     if config is not None and not config.needs_data:
-        compress_to_ir(model, config, folder / IR_XML, progress=progress)
+        compress_to_ir(model, config, folder / IR_XML, progress=progress,
+                       source=None if isinstance(float_source, Path) else float_source)
         stages.start("save")
     else:
         if config is not None:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..checkpoints.placeholders import NotStreamable, placeholder_model
 from ..checkpoints.tensors import CheckpointTensors
 from ..errors import ExportError, ModelError
-from ..ir.binding import bind_constants
+from ..ir.binding import bind_constants, parameter_name
 from .float_ir import export_float_ir
 
 logger = logging.getLogger("optimum_wc")
@@ -74,8 +75,10 @@ def _exporter_patched(tensors: CheckpointTensors, trust_remote_code: bool, captu
 
 
 def export_float_model(model_id: str | os.PathLike, side_dir: Path, tensors: CheckpointTensors,
-                       task: str | None = None, trust_remote_code: bool = False) -> Any:
-    """The float ``openvino.Model`` of the checkpoint, weights bound to its files; side files go to ``side_dir``.
+                       task: str | None = None, trust_remote_code: bool = False) -> tuple[Any, dict[str, str]]:
+    """The float ``openvino.Model`` of the checkpoint, weights bound to its files, and ``{parameter: tensor name}``.
+
+    Side files (config, tokenizer, generation config) go to ``side_dir``.
 
     Raises :class:`NotStreamable` when the checkpoint cannot be exported this
     way (the caller then exports it the classic way).
@@ -92,16 +95,69 @@ def export_float_model(model_id: str | os.PathLike, side_dir: Path, tensors: Che
                        lambda p: tensors.info[placeholders[p]].dtype == "BF16")
     except ModelError as exc:
         raise NotStreamable(str(exc)) from exc
-    return model
+    return model, placeholders
+
+
+_SAME_TYPE = {"BF16": "bf16", "F16": "f16", "F32": "f32"}  # safetensors dtype -> IR element type
+
+
+class CheckpointWeights:
+    """Reads the float weight of a site of the bound model straight from the checkpoint file (see ``compress_to_ir``).
+
+    Objective: large ``pread`` calls instead of page faults on the mapping;
+    :meth:`read` returns None for a site not bound to the checkpoint.
+    """
+
+    POOL_BYTES = 1 << 30  # read buffers kept for reuse, at most
+
+    def __init__(self, tensors: CheckpointTensors, placeholders: dict[str, str]):
+        self.tensors, self.placeholders = tensors, placeholders
+        self._pool: dict[int, list] = {}  # nbytes -> free buffers
+        self._lock = threading.Lock()
+
+    def _tensor(self, site) -> str | None:
+        return self.placeholders.get(parameter_name(site.name))
+
+    def read(self, site):
+        from ..quant.lowering import Bfloat16Bits
+
+        name = self._tensor(site)
+        if name is None:
+            return None
+        info = self.tensors.info[name]  # the constant holds exactly the tensor: same shape, same type
+        if tuple(info.shape) != tuple(site.shape) or _SAME_TYPE.get(info.dtype) != site.element_type.get_type_name():
+            return None
+        size = self.tensors.buffer_bytes(name)
+        with self._lock:
+            free = self._pool.get(size)
+            buffer = free.pop() if free else None
+        array = self.tensors.read(name, out=buffer)
+        return array.view(Bfloat16Bits) if info.dtype == "BF16" else array
+
+    def recycle(self, array) -> None:
+        """``array`` (from :meth:`read`) is no longer used: keep its memory for the next read of that size."""
+        import numpy as np
+
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        with self._lock:
+            held = sum(n * len(b) for n, b in self._pool.items())
+            if held + array.nbytes <= self.POOL_BYTES:
+                self._pool.setdefault(array.nbytes, []).append(array)
+
+    @property
+    def bytes_read(self) -> int:
+        return self.tensors.bytes_read
 
 
 def try_export_float_model(model_id, side_dir: Path, task=None, trust_remote_code=False):
-    """(model, tensors) from :func:`export_float_model`, or None (logged) when the checkpoint is not streamable."""
+    """(model, :class:`CheckpointWeights`) of :func:`export_float_model`, or None (logged) when not streamable."""
     tensors = streamable(model_id)
     if tensors is None:
         return None
     try:
-        return export_float_model(model_id, side_dir, tensors, task, trust_remote_code), tensors
+        model, placeholders = export_float_model(model_id, side_dir, tensors, task, trust_remote_code)
+        return model, CheckpointWeights(tensors, placeholders)
     except NotStreamable as exc:
         logger.info("Not streaming the weights of %s (%s): exporting a float IR first.", model_id, exc)
         for item in side_dir.iterdir() if side_dir.is_dir() else ():

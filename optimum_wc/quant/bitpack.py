@@ -14,10 +14,15 @@ independently after AutoGPTQ's and AutoAWQ's ``pack`` methods.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble k of a packed AWQ int32 holds output channel 8c + AWQ_ORDER[k]
 AWQ_REVERSE_ORDER = tuple(int(i) for i in np.argsort(AWQ_ORDER))  # (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+_PACK_CHUNK = 1 << 16  # byte pairs per step: the temporaries stay small (reused heap memory, in cache)
 
 
 def pack_nibbles(values: np.ndarray) -> np.ndarray:
@@ -25,7 +30,17 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
     flat = values.reshape(-1).view(np.uint8)
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
-    return ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)
+    if sys.byteorder != "little":
+        return ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)
+    pairs = flat.view(np.uint16)  # element 2k is the low byte of pair k
+    out = np.empty(pairs.size, dtype=np.uint8)
+    for start in range(0, pairs.size, _PACK_CHUNK):
+        p = pairs[start : start + _PACK_CHUNK]
+        high = p >> 4
+        high &= 0x00F0
+        high |= p & 0x000F
+        out[start : start + _PACK_CHUNK] = high
+    return out
 
 
 def _values_per_word(bits: int) -> int:
