@@ -253,7 +253,7 @@ def table(work: Path) -> str:
     ]
     fig = ["anon GiB", "RSS GiB", "export s", "compr. s", "disk GiB", "out GiB"]
     head = ["model", "config"] + [f"ours {f}" for f in fig] + [f"NNCF {f}" for f in fig]
-    head += ["compr. ours/NNCF", "export ours/NNCF", "anon ours/NNCF"]
+    head += ["compr. ours/NNCF", "export ours/NNCF", "anon ours/NNCF", "ours disk/out"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {k: i for i, k in enumerate(SIZES)}
     keys = sorted({k[:3] for k in latest}, key=lambda k: (order.get(k[0], 99), k[1] or 0, CONFIGS.index(k[2])))
@@ -272,6 +272,7 @@ def table(work: Path) -> str:
         ok = o is not None and n is not None and o["exit_code"] == 0 and n["exit_code"] == 0
         for key in ("compress_s", "wall_s", "peak_anon_gib"):
             cells.append(_ratio(o[key], n[key]) if ok else "-")
+        cells.append(_ratio(o["extra_disk_gib"], o["output_gib"]) if o is not None and o["exit_code"] == 0 else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -288,9 +289,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (smoke tests)")
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoints")
     ap.add_argument("--table", action="store_true", help="print the Markdown table of WORK/results.jsonl")
+    ap.add_argument("--write", type=Path, default=None,
+                    help="with --table: put it in this file's '## Large models' section (e.g. BENCHMARKS.md)")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(args.work.resolve()))
+        text = table(args.work.resolve())
+        print(text)
+        if args.write is not None:
+            from .report import LARGE_MODELS, with_section
+
+            old = args.write.read_text() if args.write.is_file() else ""
+            body = (f"{LARGE_MODELS}\n\nWritten by `python -m benchmarks.large_models` (then `--table --write "
+                    f"{args.write.name}`); `python -m benchmarks.run` keeps this section.\n\n{text}\n")
+            args.write.write_text(with_section(old, LARGE_MODELS, body))
         return 0
     return run(args)
 

@@ -245,3 +245,24 @@ def render(
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+LARGE_MODELS = "## Large models"  # written by benchmarks.large_models, kept by benchmarks.run
+
+
+def section(text: str, heading: str) -> str | None:
+    """The section of ``text`` from the line ``heading`` to the next ``## `` heading (or the end), or None."""
+    lines = text.split("\n")
+    if heading not in lines:
+        return None
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).rstrip("\n") + "\n"
+
+
+def with_section(text: str, heading: str, body: str) -> str:
+    """``text`` with the section ``heading`` replaced by ``body`` (which starts with the heading), else appended."""
+    old = section(text, heading)
+    if old is None:
+        return text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
+    return text.replace(old, body.rstrip("\n") + "\n")

@@ -34,7 +34,7 @@ import numpy as np
 from . import models
 from .configs import CONFIGS, BenchConfig, select_configs
 from .parity import compare_irs
-from .report import Row, render
+from .report import LARGE_MODELS, Row, render, section, with_section
 from .worker import CALIB_SEQ_LEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         notes=notes_text(args, configs),
     )
+    kept = section(args.out.read_text(), LARGE_MODELS) if args.out.is_file() else None
+    if kept is not None:  # the large-models table comes from benchmarks.large_models: keep it
+        markdown = with_section(markdown, LARGE_MODELS, kept)
     args.out.write_text(markdown)
     (run_dir / "results.json").write_text(json.dumps(raw, indent=2, default=str))
     say(f"wrote {args.out} (raw results: {run_dir / 'results.json'})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,25 +65,34 @@ def test_report_of_a_newer_ir_fails_clearly(llama_ir, read_ir, tmp_path):
 # -- one dispatch point for checkpoints ----------------------------------------------------------
 
 
-def test_every_export_path_goes_through_export_ir(llama_dir, tmp_path, monkeypatch):
-    """export_model and optimum-intel's own class (through the hook) both call export.pipeline.export_ir."""
+def test_every_export_path_goes_through_the_pipeline(llama_dir, tmp_path, monkeypatch):
+    """export_model and optimum-intel's own class given our config (through the hook) both take the float model
+    from export.pipeline.float_model (here streamed); the class without our config goes through export_ir."""
     import optimum_wc.export.pipeline as pipeline
-    from optimum_wc import export_model
+    from optimum_wc import WeightCompressionConfig, export_model
+    from optimum_wc.ir.rt_info import read_rt_info
 
     calls = []
-    original = pipeline.export_ir
+    for name in ("float_model", "export_ir"):
+        original = getattr(pipeline, name)
 
-    def spy(model_id, output, *args, **kwargs):
-        calls.append(str(model_id))
-        return original(model_id, output, *args, **kwargs)
+        def spy(model_id, *args, _name=name, _original=original, **kwargs):
+            calls.append((_name, str(model_id)))
+            return _original(model_id, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "export_ir", spy)
-    export_model(llama_dir, tmp_path / "out", None, load=False)
-    assert calls == [str(llama_dir)]
+        monkeypatch.setattr(pipeline, name, spy)
+    config = WeightCompressionConfig(mode="int8_sym")
+    export_model(llama_dir, tmp_path / "out", config, load=False)
+    assert calls == [("float_model", str(llama_dir))]
     from optimum.intel import OVModelForCausalLM
 
+    model = OVModelForCausalLM.from_pretrained(llama_dir, export=True, quantization_config=config, compile=False)
+    assert calls[1:] == [("float_model", str(llama_dir))]
+    assert WeightCompressionConfig.from_dict(read_rt_info(model.model)[0]) == config
+    assert (tmp_path / "out" / "openvino_model.bin").read_bytes() == \
+        (Path(model.model_save_dir) / "openvino_model.bin").read_bytes()  # the same streamed export
     OVModelForCausalLM.from_pretrained(llama_dir, export=True, compile=False)
-    assert calls == [str(llama_dir)] * 2
+    assert calls[2:] == [("export_ir", str(llama_dir))]
 
 
 # -- per-layer steps, looked up from the config -----------------------------------------------------

@@ -12,7 +12,8 @@ are (a memory-mapped checkpoint or IR); the compressed ones go to the
    final structure and its serialization order is known;
 3. walk the constants in that order (:mod:`optimum_wc.ir.serialize`): a
    layer's codes, zero points and scales are computed when its first
-   constant comes up (a few layers ahead on a thread pool), written, and
+   constant comes up (a few layers ahead on a thread pool, the float weight
+   read straight from the checkpoint when the caller can), written, and
    released; every other constant is written as it is;
 4. serialize the XML and give it the written offsets.
 
@@ -47,7 +48,6 @@ from .steps import RTN, LayerInput, StepData, step_for
 from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
-PREFETCH = 4  # layers whose weights the disk is asked for ahead of the one being compressed
 
 
 def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Path, *, progress: bool = False,
@@ -58,14 +58,12 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     configs need the whole float model for calibration: use ``compress_model``.
     ``source`` reads a site's float weight some faster way than through its
     constant, e.g. straight from the checkpoint's files: ``source.read(site)``
-    (None where it cannot) and, if it has them, ``source.will_need(site)`` a
-    few layers ahead and ``source.recycle(array)`` once a read array is used.
+    (None where it cannot) and, if it has it, ``source.recycle(array)`` once
+    a read array is used.
     """
     if config.needs_data:
         raise ConfigError("compress_to_ir is for data-free configs; data-aware options go through compress_model.")
     start = time.perf_counter()
-    step = step_for(config)
-    assert step is RTN, "data-free configs round to nearest"
     sites, skipped = find_weight_sites(ov_model)
     for op_name, reason in skipped:
         logger.info("Not compressed: %s (%s)", op_name, reason)
@@ -74,44 +72,50 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     records = {id(p): p.record() for p in plans}
     # ``zeros`` backs every placeholder constant (shared memory): it must outlive the XML serialization
     owners, float_sites, zeros = _place_placeholders([p for p in plans if p.mode is not None])
-
     constants = ordered_constants(ov_model)
-    need, seen = [], set()  # each layer, where its first constant comes up
-    for const in constants:
-        p = owners.get(const.get_friendly_name())
-        if p is not None and id(p) not in seen:
-            seen.add(id(p))
-            need.append(p)
+    order = list({id(p): p for p in (owners.get(c.get_friendly_name()) for c in constants) if p is not None}.values())
+    results = in_order(_rounder(config, float_sites, source), order)
+    bin_path = Path(xml_path).with_suffix(".bin") if Path(xml_path).suffix == ".xml" else Path(xml_path).parent / IR_BIN
+    bar = _bar(len(order), progress)
+    collecting = gc.isenabled()
+    gc.disable()  # no cycles are made here; the collector would only walk the graph's many small objects
+    try:
+        offsets, sizes = _write_bin(bin_path, constants, owners, results, records, float_sites, bar)
+    finally:
+        if collecting:
+            gc.enable()
+        if bar is not None:
+            bar.close()
+    layers = [records[id(p)] for p in plans]
+    write_rt_info(ov_model, config.to_dict(), layers)
+    write_xml(ov_model, Path(xml_path), offsets, sizes)
+    del zeros
+    logger.info("Weight compression (streamed to %s) took %.2f s.\n%s", bin_path.name, time.perf_counter() - start,
+                bitwidth_table(layers))
+    return layers
 
-    data = StepData(None)
+
+def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], source: Any):
+    """``plan -> (LayerOutput, its constants' arrays)``: round to nearest, reading the stored weight block by block."""
+    step, data = step_for(config), StepData(None)
+    assert step is RTN, "data-free configs round to nearest"
 
     def compute(p: LayerPlan):
-        # round to nearest reads the stored weight block by block: no float32 copy of the whole weight
         site = float_sites[id(p)]
         read = source.read(site) if source is not None else None
-        w = stored_weight(site) if read is None else read
-        out = (step if p.is_primary_matmul(config.mode) else RTN).run([LayerInput(p, w)], data)[0]
+        out = RTN.run([LayerInput(p, stored_weight(site) if read is None else read)], data)[0]
         if read is not None and hasattr(source, "recycle"):
             source.recycle(read)  # its memory serves the next read
         return out, constant_arrays(out.compressed, p.site.name)
 
-    bar = _bar(len(need), progress)
+    return compute
 
-    def ahead(plans: list[LayerPlan]):
-        for k, p in enumerate(plans):  # the disk starts reading a few layers ahead of the maths
-            if hasattr(source, "will_need") and k + PREFETCH < len(plans):
-                source.will_need(float_sites[id(plans[k + PREFETCH])])
-            yield p
 
-    if hasattr(source, "will_need"):
-        for p in need[:PREFETCH]:
-            source.will_need(float_sites[id(p)])
-    results = in_order(compute, ahead(need))
+def _write_bin(bin_path: Path, constants: list, owners: dict[str, LayerPlan], results, records: dict[int, dict],
+               float_sites: dict[int, Any], bar) -> tuple[list[int], list[int]]:
+    """Write every constant's bytes in serialization order; a layer's are taken from ``results`` when first needed."""
     ready: dict[int, dict] = {}
-    bin_path = Path(xml_path).with_suffix(".bin") if Path(xml_path).suffix == ".xml" else Path(xml_path).parent / IR_BIN
     writer = OrderedBinWriter(bin_path)
-    collecting = gc.isenabled()
-    gc.disable()  # no cycles are made here; the collector would only walk the graph's many small objects
     try:
         for const in constants:
             p = owners.get(const.get_friendly_name())
@@ -133,18 +137,8 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
             if not arrays:
                 del ready[id(p)]
     finally:
-        if collecting:
-            gc.enable()
         writer.close()
-        if bar is not None:
-            bar.close()
-    layers = [records[id(p)] for p in plans]
-    write_rt_info(ov_model, config.to_dict(), layers)
-    write_xml(ov_model, Path(xml_path), writer.offsets, writer.sizes)
-    del zeros
-    logger.info("Weight compression (streamed to %s) took %.2f s.\n%s", bin_path.name, time.perf_counter() - start,
-                bitwidth_table(layers))
-    return layers
+    return writer.offsets, writer.sizes
 
 
 def _place_placeholders(plans: list[LayerPlan]) -> tuple[dict[str, LayerPlan], dict[int, Any], np.ndarray]:
