@@ -116,3 +116,25 @@ def test_quantize_dequantize_equals_the_stored_path(mode, gs):
 
     w = np.random.default_rng(7).standard_normal((24, 64)).astype(np.float32)
     assert np.array_equal(quantize_dequantize(w, mode, gs, 1), dequantize(quantize(w, mode, gs, 1)))
+
+
+@pytest.mark.parametrize("mode", [M.INT4_ASYM, M.INT4_SYM])
+@pytest.mark.parametrize("group_size", [32, 128, -1])
+def test_packed_quantize_equals_packing_the_codes(mode, group_size):
+    """quantize(packed=True) packs each block's codes as it goes: same bytes, scales and errors as packing after."""
+    from optimum_wc.quant.lowering import Bfloat16Bits
+
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((1536, 768)) * 0.02).astype(np.float32)
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+    for weight in (w, bits.view(Bfloat16Bits)):
+        full, packed = quantize(weight, mode, group_size, 1), quantize(weight, mode, group_size, 1, packed=True)
+        assert packed.codes is None and packed.packed_shape == full.codes.shape
+        assert np.array_equal(packed.packed, pack_nibbles(full.codes))
+        assert np.array_equal(packed.scale, full.scale) and (packed.sq_error, packed.sq_norm) == (full.sq_error, full.sq_norm)
+        if mode.is_asym:
+            assert np.array_equal(packed.zero_point, full.zero_point)
+    # bfloat16 bits give the codes of the float32 weight they decode to
+    decoded = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert np.array_equal(quantize(bits.view(Bfloat16Bits), mode, group_size, 1).codes,
+                          quantize(decoded, mode, group_size, 1).codes)

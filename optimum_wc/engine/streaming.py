@@ -38,13 +38,13 @@ from ..ir.rt_info import write_rt_info
 from ..ir.serialize import OrderedBinWriter, constant_bytes, ordered_constants, write_xml
 from ..ir.sites import find_weight_sites, stored_weight
 from ..layout import IR_BIN
-from ..quant.lowering import compressed_shapes
+from ..quant.lowering import compressed_shapes, quantize
 from ..report import bitwidth_table
 from ..resources import release
 from .compress import log_adjusted_group_sizes
 from .planning import LayerPlan, plan_layers
 from .sensitivity import sensitivity_function
-from .steps import RTN, LayerInput, StepData, step_for
+from .steps import RTN, LayerOutput, step_for
 from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
@@ -97,13 +97,14 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
 
 def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], source: Any):
     """``plan -> (LayerOutput, its constants' arrays)``: round to nearest, reading the stored weight block by block."""
-    step, data = step_for(config), StepData(None)
-    assert step is RTN, "data-free configs round to nearest"
+    assert step_for(config) is RTN, "data-free configs round to nearest"
 
     def compute(p: LayerPlan):
         site = float_sites[id(p)]
         read = source.read(site) if source is not None else None
-        out = RTN.run([LayerInput(p, stored_weight(site) if read is None else read)], data)[0]
+        w = stored_weight(site) if read is None else read
+        # round to nearest, 4-bit codes packed block by block (the unpacked codes never exist whole)
+        out = LayerOutput(quantize(w, p.mode, p.group_size, site.reduction_axis, packed=True))
         if read is not None and hasattr(source, "recycle"):
             source.recycle(read)  # its memory serves the next read
         return out, constant_arrays(out.compressed, p.site.name)

@@ -58,7 +58,10 @@ def integer_constant(values: np.ndarray, element_type, name: str):
 def constant_arrays(cw: CompressedWeight, name: str) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
     """The constants of ``cw``'s subgraph: ``{friendly name: (bytes as the IR stores them, element type, shape)}``."""
     code_type = CODE_TYPES[cw.mode]
-    arrays = {name: (ir_bytes(cw.codes, code_type), code_type, cw.codes.shape)}
+    if cw.packed is not None:  # packed by quantize already
+        arrays = {name: (cw.packed, code_type, cw.packed_shape)}
+    else:
+        arrays = {name: (ir_bytes(cw.codes, code_type), code_type, cw.codes.shape)}
     if cw.zero_point is not None:
         arrays[f"{name}/zero_point"] = (ir_bytes(cw.zero_point, code_type), code_type, cw.zero_point.shape)
     # (contiguous: the OpenVINO binding mistypes a strided float16 array as i16)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import CompressWeightsMode
+from .bitpack import pack_nibbles
 
 _EPS = np.finfo(np.float32).eps
 # Rows per block: big enough for NumPy's loops, small enough to stay in cache.
@@ -67,6 +68,8 @@ class CompressedWeight:
     original_shape: tuple[int, ...]
     sq_error: float = 0.0  # sum of (W - dequantized)^2, measured while quantizing
     sq_norm: float = 0.0  # sum of W^2
+    packed: np.ndarray | None = None  # 4-bit codes already packed two per byte (then ``codes`` is None)
+    packed_shape: tuple[int, ...] = ()  # the shape of the codes that ``packed`` holds
 
     @property
     def relative_error(self) -> float:
@@ -165,14 +168,18 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int) -> CompressedWeight:
+def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int, *,
+             packed: bool = False) -> CompressedWeight:
     """Quantize ``weight`` along its input-channel ``axis`` (per channel if ``group_size == -1``).
 
     The work is split into blocks along the first non-reduced axis and run on
     a small thread pool (NumPy releases the GIL); every block uses exactly the
     element-wise formulas above, so the result does not depend on the split.
     ``weight`` may be float16 or :class:`Bfloat16Bits`: each block is converted
-    to float32 on its own.
+    to float32 on its own.  With ``packed`` (4-bit modes, several blocks) each
+    block's codes are packed two per byte as soon as they are made: the result
+    has ``packed`` bytes instead of ``codes``, and the unpacked codes never
+    exist whole.
     """
     w, red = grouped(weight, axis, group_size)
     split_axis = 0 if red != 0 else 1
@@ -188,7 +195,10 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
         codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode)
     else:  # each block's results go straight into the outputs: no concatenated copy of the codes
         param_shape = w.shape[:red] + (1,) + w.shape[red + 1 :]
-        codes = np.empty(w.shape, dtype=np.uint8 if mode.is_asym else np.int8)
+        pack = packed and mode.num_bits == 4 and split_axis == 0 and all(b.size % 2 == 0 for b in blocks)
+        codes = None if pack else np.empty(w.shape, dtype=np.uint8 if mode.is_asym else np.int8)
+        packed_out = np.empty(w.size // 2, dtype=np.uint8) if pack else None
+        per_row = w.size // w.shape[0]
         scale = np.empty(param_shape, dtype=np.float32)
         zp = np.empty(param_shape, dtype=np.uint8) if mode.is_asym else None
         lead = (slice(None),) * split_axis
@@ -196,13 +206,21 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
 
         def run(i: int) -> tuple[float, float]:
             at = lead + (slice(i * rows, i * rows + blocks[i].shape[split_axis]),)
-            codes[at], scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode)
+            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode)
+            if pack:  # rows are the leading axis: block i is one contiguous run of the flattened codes
+                first = i * rows * per_row // 2
+                packed_out[first : first + block_codes.size // 2] = pack_nibbles(block_codes)
+            else:
+                codes[at] = block_codes
             if zp is not None:
                 zp[at] = block_zp
             return err, norm
 
         sums = list(_pool().map(run, range(len(blocks))))
         sq_error, sq_norm = sum(e for e, _ in sums), sum(n for _, n in sums)
+        if pack:
+            return CompressedWeight(None, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm,
+                                    packed=packed_out, packed_shape=tuple(w.shape))
     return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm)
 
 
