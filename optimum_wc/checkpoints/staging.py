@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ExportError
 from ..layout import SAFETENSORS_INDEX
 from .formats import SIDECAR, read_json
+from .placeholders import placeholder_views
 from .reader import PrequantizedCheckpoint
 
 # Small staging shards keep the write buffer small (measured: 512 MiB shards left ~90 MiB more peak memory).
@@ -109,16 +110,10 @@ def model_with_placeholders(staged: Path, ckpt: PrequantizedCheckpoint, trust_re
             for name in f.keys():
                 tensor = f.get_tensor(name)
                 state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    # Placeholders: overlapping views of one buffer, each starting one element later.  Each layer's constant
-    # must stay a distinct node through the exporter (identical constants get merged), so the buffer holds
-    # a ramp whose period exceeds the number of layers (no two views are equal); its values are small, and
-    # it is only as large as the largest weight.
-    sizes = [layer.out_features * layer.in_features for layer in ckpt.layers]
-    period = len(sizes) + 1
-    ramp = torch.arange(max(sizes) + len(sizes), dtype=torch.float32) % period
-    buffer = (ramp * (1e-2 / period)).to(dtype)
-    for i, (layer, size) in enumerate(zip(ckpt.layers, sizes)):
-        state[layer.weight_name] = buffer[i : i + size].view(layer.out_features, layer.in_features)
+    # Placeholders: distinct views of one buffer that costs no memory (see placeholder_views)
+    shapes = [(layer.out_features, layer.in_features) for layer in ckpt.layers]
+    for layer, view in zip(ckpt.layers, placeholder_views(shapes, dtype)):
+        state[layer.weight_name] = view
     _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # tied weights: tie_weights below
     del state
     model.tie_weights()

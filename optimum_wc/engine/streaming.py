@@ -105,7 +105,9 @@ def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], sourc
         w = stored_weight(site) if read is None else read
         # round to nearest, 4-bit codes packed block by block (the unpacked codes never exist whole)
         out = LayerOutput(quantize(w, p.mode, p.group_size, site.reduction_axis, packed=True))
-        if read is not None and hasattr(source, "recycle"):
+        if read is None:
+            release(w)  # file-mapped pages leave this process (they stay in the page cache)
+        elif hasattr(source, "recycle"):
             source.recycle(read)  # its memory serves the next read
         return out, constant_arrays(out.compressed, p.site.name)
 
@@ -128,9 +130,7 @@ def _write_bin(bin_path: Path, constants: list, owners: dict[str, LayerPlan], re
                 records[id(q)]["relative_error"] = round(out.compressed.relative_error, 6)
                 records[id(q)].update(out.notes)
                 ready[id(q)] = arrays
-                done = float_sites.pop(id(q))
-                release(stored_weight(done))  # file-mapped pages leave this process (they stay in the page cache)
-                done.const = None  # the float weight is no longer referenced
+                float_sites.pop(id(q)).const = None  # the float weight is no longer referenced
                 if bar is not None:
                     bar.update(1)
             arrays = ready[id(p)]

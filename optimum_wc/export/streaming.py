@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 from ..checkpoints.placeholders import NotStreamable, placeholder_model
 from ..checkpoints.tensors import CheckpointTensors
-from ..errors import ExportError, ModelError
+from ..errors import ModelError
 from ..ir.binding import bind_constants, parameter_name
 from .float_ir import export_float_ir
 
@@ -164,5 +164,3 @@ def try_export_float_model(model_id, side_dir: Path, task=None, trust_remote_cod
             if item.is_file():
                 item.unlink()
         return None
-    except ExportError:
-        raise

@@ -20,11 +20,7 @@ from ..errors import ModelError
 
 _PATCHED_16BIT_SUFFIX = "._openvino_orig_weight"  # optimum-intel's name for weights of float16/bfloat16 exports
 # NumPy dtype of the checkpoint view -> the IR element type that can share its memory (bfloat16 is read as uint16).
-_SHAREABLE = {
-    ("float32", "f32"): True,
-    ("float16", "f16"): True,
-    ("uint16", "bf16"): True,
-}
+_SHAREABLE = frozenset({("float32", "f32"), ("float16", "f16"), ("uint16", "bf16")})
 
 
 def parameter_name(const_name: str) -> str:
@@ -37,7 +33,7 @@ def parameter_name(const_name: str) -> str:
 
 def shared_constant(array: np.ndarray, element_type, name: str, bfloat16: bool = False):
     """A Constant of ``element_type`` over ``array``'s memory when the types agree, else over a converted copy."""
-    if _SHAREABLE.get((array.dtype.name, element_type.get_type_name())):
+    if (array.dtype.name, element_type.get_type_name()) in _SHAREABLE:
         const = ov_op.Constant(ov.Tensor(array, ov.Shape(list(array.shape)), element_type), shared_memory=True)
     else:
         values = (array.astype(np.uint32) << 16).view(np.float32) if bfloat16 else np.asarray(array, dtype=np.float32)
