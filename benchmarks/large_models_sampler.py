@@ -65,24 +65,21 @@ def memory_kib(pid: int) -> tuple[int, int]:
     between them, so the sum over a process tree counts it once (``RssAnon``
     would count it in every process).  Falls back to ``RssAnon``/``VmRSS``.
     """
+    found = _kib_fields(f"/proc/{pid}/smaps_rollup", "Pss_Anon:", "Pss:")
+    if any(found):
+        return found
+    return _kib_fields(f"/proc/{pid}/status", "RssAnon:", "VmRSS:")
+
+
+def _kib_fields(path: str, anon_key: str, rss_key: str) -> tuple[int, int]:
+    """The two ``key: N kB`` values of a /proc file, (0, 0) where the file or a key is missing."""
     anon = rss = 0
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("Pss_Anon:"):
+                if line.startswith(anon_key):
                     anon = int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    rss = int(line.split()[1])
-        if anon or rss:
-            return anon, rss
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    anon = int(line.split()[1])
-                elif line.startswith("VmRSS:"):
+                elif line.startswith(rss_key):
                     rss = int(line.split()[1])
     except OSError:
         pass

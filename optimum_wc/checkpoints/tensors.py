@@ -134,9 +134,7 @@ class CheckpointTensors:
         mapped = self._maps.get(info.file)
         if mapped is None:
             mapped = self._maps[info.file] = np.memmap(info.file, dtype=np.uint8, mode="r")
-        if name not in self._handed:
-            self._handed.add(name)
-            self.bytes_read += info.nbytes
+        self._count(name)
         return mapped[info.begin : info.end].view(DTYPES[info.dtype][0]).reshape(info.shape)
 
     def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
@@ -168,14 +166,18 @@ class CheckpointTensors:
             view = memoryview(out)[: info.nbytes]
             _read_into(info.file, view, info.begin, info.nbytes, direct=False)
             data = out[: info.nbytes]
-        if name not in self._handed:
-            self._handed.add(name)
-            self.bytes_read += info.nbytes
+        self._count(name)
         return data.view(DTYPES[info.dtype][0]).reshape(info.shape)
 
     def buffer_bytes(self, name: str) -> int:
         """The size of a buffer :meth:`read` can read tensor ``name`` into."""
         return self.info[name].nbytes + 3 * _ALIGN
+
+    def _count(self, name: str) -> None:
+        """Add tensor ``name``'s bytes to ``bytes_read`` the first time it is handed out."""
+        if name not in self._handed:
+            self._handed.add(name)
+            self.bytes_read += self.info[name].nbytes
 
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self.info.values())
