@@ -25,12 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import CompressWeightsMode
+from . import kernels
 from .bitpack import pack_nibbles
 
 _EPS = np.finfo(np.float32).eps
 # Rows per block: big enough for NumPy's loops, small enough to stay in cache.
 _BLOCK_ELEMENTS = 1 << 18
 _POOL: ThreadPoolExecutor | None = None
+_FUSED = os.environ.get("OPTIMUM_WC_FUSED_KERNEL", "1") != "0"
 
 
 class Bfloat16Bits(np.ndarray):
@@ -147,9 +149,16 @@ def rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | No
     return q
 
 
-def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
-    """Codes, scale, zero point and the block's squared error and squared norm."""
+def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool = False):
+    """Codes (packed two per byte with ``pack``), scale, zero point, the block's squared error and squared norm.
+
+    The fused kernel (:mod:`.kernels`) gives the same bytes as the NumPy
+    reference below when it can run; both sum the error with NumPy's ``dot``.
+    """
     w = as_float32(w)
+    fused = _fused_block(w, axis, mode, pack) if use_fused_kernel() else None
+    if fused is not None:
+        return fused
     scale, zp = quantization_params(w, axis, mode)
     q = rounded_levels(w, scale, zp, mode)
     codes = q.astype(np.uint8 if mode.is_asym else np.int8)
@@ -158,7 +167,31 @@ def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode):
     q *= scale
     q -= w
     flat_err, flat_w = q.reshape(-1), w.reshape(-1)
-    return codes, scale, zp, float(np.dot(flat_err, flat_err)), float(np.dot(flat_w, flat_w))
+    return (pack_nibbles(codes) if pack else codes), scale, zp, float(np.dot(flat_err, flat_err)), \
+        float(np.dot(flat_w, flat_w))
+
+
+def use_fused_kernel(enabled: bool | None = None) -> bool:
+    """Whether round to nearest uses the fused kernel; ``enabled`` sets it (False: the NumPy reference only)."""
+    global _FUSED
+    if enabled is not None:
+        _FUSED = bool(enabled)
+    return _FUSED and kernels.available()
+
+
+def _fused_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool):
+    """:func:`_quantize_block` by the fused kernel; None where it does not apply (then use the reference)."""
+    if axis != w.ndim - 1 or mode.num_bits not in (4, 8) or (pack and mode.num_bits != 4):
+        return None
+    rows = np.ascontiguousarray(w).reshape(-1, w.shape[-1])  # one row per group (per channel: per row)
+    flat_w = rows.reshape(-1)
+    sq_norm = float(np.dot(flat_w, flat_w))
+    if not np.isfinite(sq_norm):  # NaN or inf (or an overflowing norm): NumPy's semantics decide
+        return None
+    codes, scale, zp, err = kernels.quantize_rows(rows, mode.num_bits, mode.is_asym, pack)
+    param_shape = w.shape[:-1] + (1,)
+    return (codes if pack else codes.reshape(w.shape)), scale.reshape(param_shape), \
+        (None if zp is None else zp.reshape(param_shape)), float(np.dot(err, err)), sq_norm
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -206,10 +239,10 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
 
         def run(i: int) -> tuple[float, float]:
             at = lead + (slice(i * rows, i * rows + blocks[i].shape[split_axis]),)
-            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode)
+            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack)
             if pack:  # rows are the leading axis: block i is one contiguous run of the flattened codes
                 first = i * rows * per_row // 2
-                packed_out[first : first + block_codes.size // 2] = pack_nibbles(block_codes)
+                packed_out[first : first + block_codes.size] = block_codes
             else:
                 codes[at] = block_codes
             if zp is not None:
