@@ -8,9 +8,13 @@ codes, no GPTQ library), then runs each export in a fresh process and reads
 its peak resident memory (VmHWM):
 
 * ``float``: optimum-intel's export of the float16 checkpoint (our float path);
-* ``gptq``: :func:`optimum_wc.export.prequantized.export_prequantized_ir` (placeholder weights for
-  the quantized layers, their integers put in afterwards);
-* ``gptq-dequantized``: the former path, the quantized layers dequantized to float16 for the exporter.
+* ``gptq``: :func:`optimum_wc.export.prequantized.export_prequantized_ir` with ``stream=False`` (a staged
+  copy of the float parts exported with placeholder weights for the quantized layers, their integers put
+  in afterwards); ``gptq-streamed``: the same IR with the float parts bound to the checkpoint (no staging);
+* ``gptq-dequantized``: the former path, the quantized layers dequantized to float16 for the exporter;
+* ``gptq-int8-staged`` / ``gptq-int8-streamed``: the whole export with INT8 for the float parts, through a
+  staged float checkpoint and float IR, or streamed (float parts bound to the checkpoint, the integer
+  layers converted while the ``.bin`` is written); both write the same bytes.
 
 Prints one line per export and a JSON summary; figures are for the README/issue notes.
 """
@@ -29,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _RUN = {
     "float": "from optimum_wc.export.float_ir import export_float_ir; export_float_ir(SRC, OUT)",
-    "gptq": "from optimum_wc.export.prequantized import export_prequantized_ir; export_prequantized_ir(SRC, OUT)",
+    "gptq": "from optimum_wc.export.prequantized import export_prequantized_ir as e; e(SRC, OUT, stream=False)",
+    "gptq-streamed": "from optimum_wc.export.prequantized import export_prequantized_ir as e; e(SRC, OUT)",
     "gptq-dequantized": textwrap.dedent("""
         import openvino as ov
         from optimum_wc.checkpoints.reader import PrequantizedCheckpoint
@@ -42,6 +47,24 @@ _RUN = {
         model = ov.Core().read_model(OUT / "float" / "openvino_model.xml")
         apply_prequantized(model, ckpt)
         ov.save_model(model, OUT / "openvino_model.xml", compress_to_fp16=False)
+    """),
+    # the whole export with a data-free config (INT8 for the float parts), staged as before ...
+    "gptq-int8-staged": textwrap.dedent("""
+        import openvino as ov
+        from optimum_wc import WeightCompressionConfig
+        from optimum_wc.export.pipeline import compress_and_save
+        from optimum_wc.export.prequantized import export_prequantized_ir
+        from optimum_wc.report import Stages
+        export_prequantized_ir(SRC, OUT / "float", stream=False)
+        model = ov.Core().read_model(OUT / "float" / "openvino_model.xml")
+        compress_and_save(model, OUT, WeightCompressionConfig(mode="int8_asym"), Stages(("export", "compress", "save")),
+                          float_source=OUT / "float" / "openvino_model.bin")
+    """),
+    # ... and streamed: float parts bound to the checkpoint, integer layers made while the .bin is written
+    "gptq-int8-streamed": textwrap.dedent("""
+        from optimum_wc import WeightCompressionConfig
+        from optimum_wc.export.pipeline import export_into
+        export_into(SRC, OUT / "out", WeightCompressionConfig(mode="int8_asym"), OUT / "work")
     """),
 }
 
@@ -89,7 +112,7 @@ def main(argv=None) -> int:
         write_checkpoint(tmp / "float", tmp / "gptq", group_size=128, dtype="float16")
         sizes = {k: sum(f.stat().st_size for f in (tmp / k).glob("*.safetensors")) / 2**20 for k in ("float", "gptq")}
         result = {"parameters": n_params, "checkpoint_mib": sizes}
-        for kind in ("float", "gptq", "gptq-dequantized"):
+        for kind in ("float", "gptq", "gptq-streamed", "gptq-dequantized", "gptq-int8-staged", "gptq-int8-streamed"):
             out = tmp / f"out-{kind}"
             out.mkdir()
             result[kind] = round(_peak_mib(kind, tmp / ("float" if kind == "float" else "gptq"), out), 1)

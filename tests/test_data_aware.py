@@ -155,6 +155,39 @@ def test_statistics_match_a_direct_computation(llama_ir, tokenizer, read_ir):
     assert np.allclose((st.rows**2).mean(axis=0), st.mean_sq, rtol=1e-4, atol=1e-6)
 
 
+def test_statistics_run_segment_by_segment_with_one_block_compiled(llama_ir, tokenizer, read_ir, monkeypatch):
+    """Each compiled segment holds about one decoder block's weights; the statistics equal one whole-model pass."""
+    import optimum_wc.calibration.statistics as statistics
+
+    model = read_ir(llama_ir)
+    samples = prepare_samples(CALIB, tokenizer, 3, 16)
+    sites = find_weight_sites(model)[0]
+    compiled_weights = []
+    real_runner = statistics.StatisticsRunner
+
+    def counting_runner(stats_model, precision):
+        compiled_weights.append(sum(s.kind == "matmul" for s in find_weight_sites(stats_model)[0]))
+        return real_runner(stats_model, precision)
+
+    monkeypatch.setattr(statistics, "StatisticsRunner", counting_runner)
+    segmented = collect_statistics(model, sites, samples, raw_rows=48, gram_block=32, precision="f32")
+    monkeypatch.setattr(statistics, "SOURCES_PER_SEGMENT", 10**6)  # one segment: the whole model at once
+    by_segment = list(compiled_weights)
+    compiled_weights.clear()
+    whole = collect_statistics(model, sites, samples, raw_rows=48, gram_block=32, precision="f32")
+    # 2 decoder layers of 7 MatMuls: one segment per layer (the attention's shape computation may pull in one
+    # stray projection of the previous layer), then the lm_head input read from the last boundary
+    assert compiled_weights == [14] and len(by_segment) == 3 and max(by_segment) <= 8, by_segment
+    for s in sites:
+        if s.kind != "matmul":
+            continue
+        a, b = segmented[s.name], whole[s.name]
+        assert a.n_tokens == b.n_tokens
+        assert np.allclose(a.sum_sq, b.sum_sq, rtol=1e-5, atol=1e-6)
+        assert np.allclose(a.rows, b.rows, rtol=1e-5, atol=1e-5)
+        assert np.allclose(a.gram, b.gram, rtol=1e-5, atol=1e-5)
+
+
 def test_block_grams_equal_direct_gram_of_all_tokens(llama_ir, tokenizer, read_ir):
     model = read_ir(llama_ir)
     samples = prepare_samples(CALIB, tokenizer, 2, 16)
@@ -223,3 +256,30 @@ def test_same_data_same_bytes(llama_ir, tokenizer, read_ir, tmp_path):
     for i in range(2):
         ov.save_model(compress_model(read_ir(llama_ir), config, tokenizer=tokenizer), tmp_path / f"m{i}.xml")
     assert (tmp_path / "m0.bin").read_bytes() == (tmp_path / "m1.bin").read_bytes()
+
+
+@pytest.mark.parametrize("extra", [
+    dict(scale_estimation=True),
+    # up_proj is ignored: the gated-linear absorber of down_proj edits it, and it is never compressed
+    dict(ignored_scope={"patterns": [".*up_proj.*"]}),
+])
+def test_lazy_awq_edits_give_the_eager_bytes(llama_ir, tokenizer, read_ir, tmp_path, monkeypatch, extra):
+    """AWQ's weight edits kept pending until each weight is compressed: the same IR as editing the graph at once."""
+    import optimum_wc.engine.compress as compress_module
+    from optimum_wc.engine.awq import apply_awq
+
+    config = WeightCompressionConfig(mode="int4_asym", group_size=32, dataset=str(CALIB), subset_size=4,
+                                     sample_length=32, awq=True, **extra)
+    seen = []
+    monkeypatch.setattr(compress_module, "apply_awq",
+                        lambda *args, lazy: seen.append(lazy) or apply_awq(*args, lazy=lazy))
+    ov.save_model(compress_model(read_ir(llama_ir), config, tokenizer=tokenizer), tmp_path / "lazy.xml")
+    monkeypatch.setattr(compress_module, "apply_awq", lambda *args, lazy: apply_awq(*args, lazy=False))
+    ov.save_model(compress_model(read_ir(llama_ir), config, tokenizer=tokenizer), tmp_path / "eager.xml")
+    assert seen == [True]
+    assert (tmp_path / "lazy.bin").read_bytes() == (tmp_path / "eager.bin").read_bytes()
+    lazy_model, eager_model = ov.Core().read_model(tmp_path / "lazy.xml"), ov.Core().read_model(tmp_path / "eager.xml")
+    kinds = lambda m: sorted((op.get_type_name(), op.get_friendly_name()) for op in m.get_ops())  # noqa: E731
+    assert kinds(lazy_model) == kinds(eager_model)
+    ids = np.random.default_rng(1).integers(3, 500, size=(1, 12)).astype(np.int64)
+    assert np.array_equal(run_logits(lazy_model, ids), run_logits(eager_model, ids))

@@ -406,3 +406,74 @@ def test_staging_without_dequantized_layers_writes_only_the_float_parts(llama_di
     assert not any(n.startswith(tuple(planted)) for n in names if n.endswith((".weight", ".qweight", ".scales")))
     assert "model.embed_tokens.weight" in names and "model.norm.weight" in names
     assert "quantization_config" not in json.loads((tmp_path / "staged" / "config.json").read_text())
+
+
+# ------------------------------------------------------------- streamed (no staged checkpoint, no float IR)
+
+
+def _staged_path_forbidden(monkeypatch):
+    """Make the classic path (a staged float checkpoint exported to a float IR) fail if it is taken."""
+    import optimum_wc.export.prequantized as prequantized
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the streamed export staged a float checkpoint")
+
+    monkeypatch.setattr(prequantized, "stage_float_checkpoint", forbidden)
+    monkeypatch.setattr(prequantized, "export_float_ir", forbidden)
+
+
+@pytest.mark.parametrize("config", [
+    dict(mode="int8_asym"),
+    dict(mode="int4_sym", group_size=16, ratio=1.0, all_layers=True),
+])
+def test_streamed_gptq_export_writes_what_the_staged_path_writes(config, llama_dir, tmp_path, monkeypatch):
+    """Float parts streamed, integer layers made while the .bin is written: the same bytes as staging + float IR."""
+    import openvino as ov
+
+    from optimum_wc.export.pipeline import compress_and_save
+    from optimum_wc.export.prequantized import DeferredLayers, export_prequantized_ir
+    from optimum_wc.report import Stages
+
+    ckpt_dir = tmp_path / "gptq"
+    planted = write_checkpoint(llama_dir, ckpt_dir, group_size=32, desc_act=True)
+    wc = WeightCompressionConfig(**config)
+
+    classic = tmp_path / "classic"
+    export_prequantized_ir(ckpt_dir, tmp_path / "classic-float", stream=False)  # staged float checkpoint + IR
+    model = ov.Core().read_model(tmp_path / "classic-float" / "openvino_model.xml")
+    classic.mkdir()
+    compress_and_save(model, classic, wc, Stages(("export", "compress", "save")),
+                      float_source=tmp_path / "classic-float" / "openvino_model.bin")
+    del model
+
+    computed = []
+    original_compute = DeferredLayers.compute
+    monkeypatch.setattr(DeferredLayers, "compute",
+                        lambda self, layer: computed.append(layer) or original_compute(self, layer))
+    _staged_path_forbidden(monkeypatch)
+    from optimum_wc import export_model
+
+    streamed = tmp_path / "streamed"
+    export_model(ckpt_dir, streamed, wc, load=False)
+    assert len(computed) == len(planted) == 14  # every integer layer made once, while writing
+    assert (streamed / "openvino_model.bin").read_bytes() == (classic / "openvino_model.bin").read_bytes()
+    streamed_model = ov.Core().read_model(streamed / "openvino_model.xml")
+    check_ir_matches_planted(streamed_model, planted, 4, False)
+    classic_model = ov.Core().read_model(classic / "openvino_model.xml")
+    assert read_prequantized_info(streamed_model) == read_prequantized_info(classic_model)
+    report = json.loads((streamed / "compression_report.json").read_text())
+    assert report["resources"]["streamed"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classic", "classic-float", "gptq", "streamed"]
+
+
+def test_streamed_gptq_export_kept_float(llama_dir, tmp_path, monkeypatch):
+    """No config: the integer layers are put in place in memory (nothing to write them lazily), float parts streamed."""
+    ckpt_dir = tmp_path / "gptq"
+    planted = write_checkpoint(llama_dir, ckpt_dir, group_size=32, sym=True)
+    _staged_path_forbidden(monkeypatch)
+    from optimum_wc import export_model
+
+    export_model(ckpt_dir, tmp_path / "out", None, load=False)
+    model = ov.Core().read_model(tmp_path / "out" / "openvino_model.xml")
+    check_ir_matches_planted(model, planted, 4, True)
+    assert_logits_close(run_logits(model), reference_logits(ckpt_dir, planted, IDS))

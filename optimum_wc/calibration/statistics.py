@@ -4,8 +4,12 @@ Objective: give the data-aware algorithms what they need of each layer input
 ``X`` (over all calibration tokens) at the cost of one forward pass, with
 memory that does not grow with samples x sequence length.
 
-The float IR is turned into a *statistics model* (:func:`optimum_wc.ir.probes.
-statistics_model`): its logits and KV-cache state are dropped and every
+The float IR is turned into *statistics models* (:func:`optimum_wc.ir.probes.
+statistics_model`), one per segment of about one decoder block
+(:func:`optimum_wc.ir.probes.statistics_segments`), run one after another:
+each starts from the residual stream the previous one output, so only one
+segment's weights are compiled at a time (memory of one block, not of the
+model).  Logits and KV-cache state are dropped and every
 MatMul input is reduced in the graph, in float32, to per-sample channel sums
 (``sum x``, ``sum x^2``, ``sum |x|``, ``max |x|``), optionally the block
 diagonal of ``X^T X`` (scale estimation) and a bounded, deterministic row
@@ -29,14 +33,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..ir.probes import ROWS_INPUT, Probe, statistics_model
-from ..ir.sites import WeightSite, activation_channels, activation_source, ops_by_name
+from ..ir.probes import BOUNDARY_INPUT, ROWS_INPUT, Probe, statistics_model, statistics_segments
+from ..ir.sites import WeightSite, activation_channels, activation_source, ops_by_name, topological_positions
 from .runners import StatisticsRunner
 
 logger = logging.getLogger("optimum_wc")
 
 BATCH_TOKENS = 1024  # samples of equal length are run together, up to this many tokens per call
 PRECISION: str | None = None  # inference precision of statistics passes; None: the CPU plugin's default
+SOURCES_PER_SEGMENT = 4  # activations per compiled segment of the statistics pass (a decoder block's worth)
 
 
 @dataclass
@@ -158,40 +163,54 @@ def collect_statistics(
     matmuls = [s for s in sites if s.kind == "matmul"]
     nodes = ops_by_name(ov_model)
     key_of = {s.name: activation_source(nodes[s.op_names[0]]) for s in matmuls}
-    keys = list(dict.fromkeys(key_of.values()))
+    position = topological_positions(ov_model)
+    keys = sorted(dict.fromkeys(key_of.values()), key=lambda key: position[key[0]])
     if cache_path is not None:
         cached = _load(cache_path, key_of, samples, raw_rows, gram_block, precision)
         if cached is not None:
             return cached
     channels = {key: activation_channels(nodes, key) for key in keys}
     blocks = {key: math.gcd(channels[key], gram_block) if gram_block else 0 for key in keys}
-    probes = [Probe(key, moments=True, gram_block=blocks[key], rows=raw_rows > 0) for key in keys]
-    stats_model, layout = statistics_model(ov_model, probes)
-    runner = StatisticsRunner(stats_model, precision)
-    del stats_model
     stats = {key: ActivationStats(channels=channels[key], gram_block=blocks[key]) for key in keys}
     per_sample_rows = max(1, raw_rows // max(len(samples), 1)) if raw_rows else 0
+    batches = sample_batches(samples)
+    segments = statistics_segments(ov_model, [keys[i : i + SOURCES_PER_SEGMENT]
+                                              for i in range(0, len(keys), SOURCES_PER_SEGMENT)])
+    logger.info("Statistics pass: %d activations in %d segments, one compiled at a time.", len(keys), len(segments))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(samples), desc="Collecting statistics", unit="sample")
-    for number, batch in enumerate(sample_batches(samples)):
-        ids = stack_samples(samples, batch)
-        extra = {ROWS_INPUT: _row_positions(ids.shape[1], per_sample_rows, number)} if raw_rows else None
-        outputs = runner.run(ids, extra)
-        for key in keys:
-            st = stats[key]
-            st.add_moments(outputs[layout[(key, "moments")]], ids.shape[1])
-            if st.gram_block:
-                st.add_gram(outputs[layout[(key, "gram")]])
-            if raw_rows:
-                st.add_rows(outputs[layout[(key, "rows")]])
-        if bar is not None:
-            bar.update(len(batch))
+        bar = tqdm(total=len(segments) * len(samples), desc="Collecting statistics", unit="sample")
+    carried: list[np.ndarray] = []  # the current segment's start value, per batch
+    for index, (start, sources) in enumerate(segments):
+        end = segments[index + 1][0] if index + 1 < len(segments) else None
+        probes = [Probe(key, moments=True, gram_block=blocks[key], rows=raw_rows > 0) for key in sources]
+        stats_model, layout = statistics_model(ov_model, probes, boundary_in=start, boundary_out=end)
+        runner = StatisticsRunner(stats_model, precision)  # compiles this segment's weights only
+        del stats_model
+        reached: list[np.ndarray] = []
+        for number, batch in enumerate(batches):
+            ids = stack_samples(samples, batch)
+            extra = {ROWS_INPUT: _row_positions(ids.shape[1], per_sample_rows, number)} if raw_rows else {}
+            if start is not None:
+                extra[BOUNDARY_INPUT] = carried[number]
+            outputs = runner.run(ids, extra)
+            for key in sources:
+                st = stats[key]
+                st.add_moments(outputs[layout[(key, "moments")]], ids.shape[1])
+                if st.gram_block:
+                    st.add_gram(outputs[layout[(key, "gram")]])
+                if raw_rows:
+                    st.add_rows(outputs[layout[(key, "rows")]])
+            if end is not None:
+                reached.append(outputs[layout[("boundary", "boundary")]])
+            if bar is not None:
+                bar.update(len(batch))
+        del runner
+        carried = reached
     if bar is not None:
         bar.close()
-    del runner
     if cache_path is not None:
         _save(cache_path, key_of, stats, samples, raw_rows, gram_block, precision)
     return {name: stats[key] for name, key in key_of.items()}
@@ -204,7 +223,7 @@ def _fingerprint(key_of: dict, samples: Sequence[np.ndarray], raw_rows: int, gra
     for ids in samples:
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
         h.update(b"|")
-    h.update(f"{raw_rows}/{gram_block}/{precision}/{BATCH_TOKENS}".encode())
+    h.update(f"{raw_rows}/{gram_block}/{precision}/{BATCH_TOKENS}/segments of {SOURCES_PER_SEGMENT}".encode())
     return h.hexdigest()
 
 

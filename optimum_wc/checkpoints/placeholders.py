@@ -68,9 +68,13 @@ def checkpoint_dtype(tensors: CheckpointTensors):
     return getattr(torch, max(by_dtype, key=by_dtype.get)) if by_dtype else torch.float32
 
 
-def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trust_remote_code: bool = False
-                      ) -> tuple[Any, dict[str, str]]:
+def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trust_remote_code: bool = False,
+                      packed: dict[str, tuple[int, ...]] | None = None) -> tuple[Any, dict[str, str | None]]:
     """The causal LM of ``folder`` with placeholder matrices; returns it and ``{parameter name: tensor name}``.
+
+    ``packed``: parameters the checkpoint holds in another form (a GPTQ/AWQ
+    layer's packed integers), by shape; they become placeholders too, mapped
+    to None, for the caller to replace after export.
 
     Raises :class:`NotStreamable` when a parameter has no tensor of its shape
     in the checkpoint (renamed or converted on load, as transformers does for
@@ -89,12 +93,14 @@ def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trus
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()
     params = dict(model.named_parameters())  # tied parameters once, under their first name
-    missing = [n for n, p in params.items() if n not in tensors or tuple(tensors.info[n].shape) != tuple(p.shape)]
+    packed = packed or {}
+    shape_of = {**{n: tuple(info.shape) for n, info in tensors.info.items()}, **packed}
+    missing = [n for n, p in params.items() if shape_of.get(n) != tuple(p.shape)]
     if missing:
         raise NotStreamable(f"the checkpoint has no tensor of the model's shape for {', '.join(missing[:3])}")
-    placeholders = {
-        n: n for n, p in params.items()
-        if p.dim() >= 2 and p.is_floating_point() and p.numel() >= MIN_PLACEHOLDER_ELEMENTS
+    placeholders: dict[str, str | None] = {
+        n: (None if n in packed else n) for n, p in params.items()
+        if n in packed or (p.dim() >= 2 and p.is_floating_point() and p.numel() >= MIN_PLACEHOLDER_ELEMENTS)
     }
     names = sorted(placeholders)
     state = dict(zip(names, placeholder_views([tuple(params[n].shape) for n in names], dtype)))

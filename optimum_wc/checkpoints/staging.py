@@ -29,6 +29,17 @@ def _staged_config(source: Path) -> dict:
     return config
 
 
+def stage_side_files(ckpt: PrequantizedCheckpoint, dest: Path) -> None:
+    """Copy ``ckpt``'s small files (tokenizer, generation config, ...) into ``dest``; ``config.json`` loses its
+    ``quantization_config``, so the exporter sees a float model.  No weights."""
+    dest.mkdir(parents=True, exist_ok=True)
+    skip = {SAFETENSORS_INDEX, SIDECAR, "config.json", *(f.name for f in ckpt.files)}
+    for item in sorted(ckpt.path.iterdir()):
+        if item.is_file() and item.name not in skip and not item.name.endswith((".safetensors", ".bin", ".pt", ".pth")):
+            shutil.copy2(item, dest / item.name)
+    (dest / "config.json").write_text(json.dumps(_staged_config(ckpt.path), indent=2, sort_keys=True))
+
+
 def stage_float_checkpoint(ckpt: PrequantizedCheckpoint, dest: Path, *, shard_bytes: int = _STAGED_SHARD_BYTES,
                            dequantized_layers: bool = True) -> None:
     """Write a float Transformers checkpoint of ``ckpt`` into ``dest`` for the exporter.
@@ -47,12 +58,7 @@ def stage_float_checkpoint(ckpt: PrequantizedCheckpoint, dest: Path, *, shard_by
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    dest.mkdir(parents=True, exist_ok=True)
-    skip = {SAFETENSORS_INDEX, SIDECAR, "config.json", *(f.name for f in ckpt.files)}
-    for item in sorted(ckpt.path.iterdir()):
-        if item.is_file() and item.name not in skip and not item.name.endswith((".safetensors", ".bin", ".pt", ".pth")):
-            shutil.copy2(item, dest / item.name)
-    (dest / "config.json").write_text(json.dumps(_staged_config(ckpt.path), indent=2, sort_keys=True))
+    stage_side_files(ckpt, dest)
 
     weight_map: dict[str, str] = {}
     buffer: dict[str, Any] = {}

@@ -8,20 +8,25 @@ that the input's producer matches.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..config import CompressWeightsMode
 from ..ir.absorbers import find_absorber
-from ..ir.sites import activation_source, ops_by_name, read_weight, set_float_weight
+from ..ir.sites import activation_source, edit_float_weight, ops_by_name, read_weight
 from ..quant.awq_search import search_scales
 from .threads import in_order
 
 
-def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:
+def apply_awq(model, plans, stats, mode: CompressWeightsMode, lazy: bool = False) -> list[dict]:
     """Smooth every group of 4-bit MatMuls sharing an input; returns one record per group (for the log/report).
 
     ``plans`` are planning.LayerPlan objects; only layers planned in ``mode``
     with 2-D weights take part; a group is all such layers fed by one input.
+    ``lazy``: the weights' edits are kept pending until each weight is read
+    for compression (:func:`~optimum_wc.ir.sites.edit_float_weight`), so no
+    float32 copies pile up; only when the model is not run before then.
     """
     nodes = ops_by_name(model)
     all_sites_by_op = {n: p.site for p in plans for n in p.site.op_names}
@@ -57,12 +62,17 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode) -> list[dict]:
         if alpha == 0.0 or absorber is None:
             records.append({"input": key[0], "layers": names, "alpha": 0.0, "absorbed_by": None})
             continue
-        absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op})
-        for p, w in zip(members, weights):
-            set_float_weight(p.site, _from_out_in(w * s, p.site.reduction_axis))
+        absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op, "lazy": lazy})
+        for p in members:
+            edit_float_weight(p.site, functools.partial(_scale_inputs, s=s, axis=p.site.reduction_axis), lazy)
         records.append({"input": key[0], "layers": names, "alpha": alpha, "loss_vs_rtn": round(rel, 4),
                         "absorbed_by": absorber.name})
     return records
+
+
+def _scale_inputs(w: np.ndarray, s: np.ndarray, axis: int) -> np.ndarray:
+    """``W diag(s)``: the input channels of ``w`` scaled by ``s``."""
+    return _from_out_in(_as_out_in(w, axis) * s, axis)
 
 
 def _as_out_in(w: np.ndarray, axis: int) -> np.ndarray:

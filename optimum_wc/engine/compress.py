@@ -24,7 +24,7 @@ from ..calibration.statistics import collect_statistics
 from ..config import WeightCompressionConfig
 from ..ir.decompression import adapter_input, add_lora_adapter, replace_with_compressed
 from ..ir.rt_info import write_rt_info
-from ..ir.sites import find_weight_sites, ops_by_name, read_weight
+from ..ir.sites import find_weight_sites, ops_by_name, read_weight, set_float_weight
 from ..report import bitwidth_table
 from .awq import apply_awq
 from .layerwise import compress_layerwise
@@ -81,7 +81,8 @@ def compress_model(
     plans = plan_layers(sites, config, sensitivity_function(config.effective_sensitivity_metric, stats))
     log_adjusted_group_sizes(plans)
     if config.awq:
-        for rec in apply_awq(ov_model, plans, stats, config.mode):
+        # the model is not run again unless a layer-wise step follows: then the edits must be in the graph now
+        for rec in apply_awq(ov_model, plans, stats, config.mode, lazy=not step.layerwise):
             logger.debug("AWQ %s", rec)
 
     records = {id(p): p.record() for p in plans}
@@ -95,6 +96,9 @@ def compress_model(
         prepare = lambda p: LayerInput(p, read_weight(p.site), step.adapters and apply.adapter_ready(p))  # noqa: E731
         compress_layerwise(ov_model, deferred, step, step_data, samples, prepare, apply, progress)
 
+    for p in plans:  # a weight left float (e.g. ignored) that an AWQ absorber edited: make its edits now
+        if p.site.const is not None and p.site.pending:
+            set_float_weight(p.site, read_weight(p.site))
     layers = [records[id(p)] for p in plans]
     write_rt_info(ov_model, config.to_dict(), layers)
     logger.info("Weight compression took %.2f s.\n%s", time.perf_counter() - start, bitwidth_table(layers))

@@ -51,7 +51,7 @@ logger = logging.getLogger("optimum_wc")
 
 
 def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Path, *, progress: bool = False,
-                   source: Any = None) -> list[dict[str, Any]]:
+                   source: Any = None, deferred: Any = None) -> list[dict[str, Any]]:
     """Compress ``ov_model``'s weights with the data-free ``config`` into ``xml_path`` and its ``.bin``.
 
     Returns the layer records (also in the IR's ``rt_info``).  Data-aware
@@ -59,7 +59,11 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     ``source`` reads a site's float weight some faster way than through its
     constant, e.g. straight from the checkpoint's files: ``source.read(site)``
     (None where it cannot) and, if it has it, ``source.recycle(array)`` once
-    a read array is used.
+    a read array is used.  ``deferred`` holds constants already in the
+    graph as placeholders whose bytes are made when written (e.g. the layers
+    of a pre-quantized checkpoint): ``deferred.owners`` maps a constant's
+    name to a key, ``deferred.compute(key)`` gives the key's constants as
+    ``{name: (bytes, element type, shape)}``.
     """
     if config.needs_data:
         raise ConfigError("compress_to_ir is for data-free configs; data-aware options go through compress_model.")
@@ -72,9 +76,14 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     records = {id(p): p.record() for p in plans}
     # ``zeros`` backs every placeholder constant (shared memory): it must outlive the XML serialization
     owners, float_sites, zeros = _place_placeholders([p for p in plans if p.mode is not None])
+    later = dict(deferred.owners) if deferred is not None else {}
+    if owners.keys() & later.keys():
+        raise ConfigError(f"constants {sorted(owners.keys() & later.keys())[:3]} would be written twice.")
+    owners.update(later)
     constants = ordered_constants(ov_model)
     order = list({id(p): p for p in (owners.get(c.get_friendly_name()) for c in constants) if p is not None}.values())
-    results = in_order(_rounder(config, float_sites, source), order)
+    rounder = _rounder(config, float_sites, source)
+    results = in_order(lambda p: rounder(p) if isinstance(p, LayerPlan) else (None, deferred.compute(p)), order)
     bin_path = Path(xml_path).with_suffix(".bin") if Path(xml_path).suffix == ".xml" else Path(xml_path).parent / IR_BIN
     bar = _bar(len(order), progress)
     collecting = gc.isenabled()
@@ -114,7 +123,7 @@ def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], sourc
     return compute
 
 
-def _write_bin(bin_path: Path, constants: list, owners: dict[str, LayerPlan], results, records: dict[int, dict],
+def _write_bin(bin_path: Path, constants: list, owners: dict[str, Any], results, records: dict[int, dict],
                float_sites: dict[int, Any], bar) -> tuple[list[int], list[int]]:
     """Write every constant's bytes in serialization order; a layer's are taken from ``results`` when first needed."""
     ready: dict[int, dict] = {}
@@ -127,10 +136,11 @@ def _write_bin(bin_path: Path, constants: list, owners: dict[str, LayerPlan], re
                 continue
             while id(p) not in ready:
                 q, (out, arrays) = next(results)
-                records[id(q)]["relative_error"] = round(out.compressed.relative_error, 6)
-                records[id(q)].update(out.notes)
                 ready[id(q)] = arrays
-                float_sites.pop(id(q)).const = None  # the float weight is no longer referenced
+                if out is not None:  # a planned layer (else a deferred constant's owner)
+                    records[id(q)]["relative_error"] = round(out.compressed.relative_error, 6)
+                    records[id(q)].update(out.notes)
+                    float_sites.pop(id(q)).const = None  # the float weight is no longer referenced
                 if bar is not None:
                     bar.update(1)
             arrays = ready[id(p)]

@@ -41,7 +41,7 @@ from ..layout import CONFIG_FILE, IR_BIN, IR_XML, REPORT_FILE, copy_side_files, 
 from ..report import Stages, write_report
 from ..resources import ResourceMonitor
 from .float_ir import check_model_source, export_float_ir
-from .prequantized import export_prequantized_ir
+from .prequantized import export_prequantized_ir, try_export_prequantized_model
 from .streaming import try_export_float_model
 
 logger = logging.getLogger("optimum_wc")
@@ -81,37 +81,48 @@ def calibration_tokenizer(config: WeightCompressionConfig, folder: Path, require
     return load_tokenizer(folder, required) if config.needs_data else None
 
 
-def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None, trust_remote_code: bool = False
-                ) -> tuple[Any, Any]:
-    """The float ``openvino.Model`` of ``model_id`` and what its weights are read from; side files go to ``work``.
+def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None, trust_remote_code: bool = False,
+                *, defer: bool = False) -> tuple[Any, Any, Any]:
+    """The ``openvino.Model`` of ``model_id``, what its weights are read from, and its deferred layers.
 
     A local safetensors checkpoint is streamed (:mod:`optimum_wc.export.streaming`:
-    no float IR, weights bound to the memory-mapped shards); anything else
-    (a GPTQ/AWQ checkpoint, ``.bin`` weights, a hub id, an architecture the
-    streamed export cannot trace) goes through :func:`export_ir` into
-    ``work`` and is read back memory-mapped.  The second item is the
-    streamed checkpoint's weight reader (:class:`~optimum_wc.export.streaming.CheckpointWeights`),
-    or the float IR's ``.bin`` path.
+    no float IR, weights bound to the memory-mapped shards); a GPTQ/AWQ one
+    too, its integer layers put in place (or, with ``defer``, left as
+    :class:`~optimum_wc.export.prequantized.DeferredLayers` for
+    ``compress_to_ir``, the third item; otherwise None).  Anything else
+    (``.bin`` weights, a hub id, an architecture the streamed export cannot
+    trace) goes through :func:`export_ir` into ``work`` and is read back
+    memory-mapped.  The second item is the streamed checkpoint's weight
+    reader (:class:`~optimum_wc.export.streaming.CheckpointWeights`), or the
+    float IR's ``.bin`` path.  Side files go to ``work``.
     """
     import openvino as ov
 
     work.mkdir(parents=True, exist_ok=True)
-    if detect_prequantized(model_id) is None:
+    fmt = detect_prequantized(model_id)
+    if fmt is None:
         streamed = try_export_float_model(model_id, work, task, trust_remote_code)
         if streamed is not None:
+            return (*streamed, None)
+    else:
+        streamed = try_export_prequantized_model(model_id, work, fmt, task, trust_remote_code, defer=defer)
+        if streamed is not None:
             return streamed
+        export_prequantized_ir(model_id, work, fmt, task, trust_remote_code, stream=False)
+        return ov.Core().read_model(work / IR_XML), work / IR_BIN, None
     export_ir(model_id, work, task, trust_remote_code)
-    return ov.Core().read_model(work / IR_XML), work / IR_BIN
+    return ov.Core().read_model(work / IR_XML), work / IR_BIN, None
 
 
 def compress_and_save(model, folder: Path, config: WeightCompressionConfig | None, stages: Stages, *,
                       progress: bool = False, tokenizer: Any = None, monitor: ResourceMonitor | None = None,
-                      float_source: Any = None, **report: Any) -> dict:
+                      float_source: Any = None, deferred: Any = None, **report: Any) -> dict:
     """Compress ``model`` with ``config`` (None: keep it float) and save it into ``folder`` with its report.
 
     Data-free configs are written layer by layer straight into the IR
-    (:func:`optimum_wc.engine.streaming.compress_to_ir`); data-aware ones
-    compress the whole model in memory first (``compress_model``).
+    (:func:`optimum_wc.engine.streaming.compress_to_ir`, which also makes
+    the ``deferred`` layers' constants); data-aware ones compress the whole
+    model in memory first (``compress_model``).
     """
     import openvino as ov
 
@@ -119,9 +130,11 @@ def compress_and_save(model, folder: Path, config: WeightCompressionConfig | Non
     stages.start("compress")
     if config is not None and not config.needs_data:
         compress_to_ir(model, config, folder / IR_XML, progress=progress,
-                       source=None if isinstance(float_source, Path) else float_source)
+                       source=None if isinstance(float_source, Path) else float_source, deferred=deferred)
         stages.start("save")
     else:
+        if deferred is not None:
+            raise ExportError("deferred layers are written by compress_to_ir: export with defer=False for this config")
         if config is not None:
             compress_model(model, config, progress=progress, tokenizer=tokenizer)
         stages.start("save")
@@ -173,12 +186,13 @@ def export_into(model_id: str | os.PathLike, out_dir: Path, config: WeightCompre
         stages = Stages(("export", "compress", "save"), progress)
         stages.start("export")
         start = time.perf_counter()
-        model, source = float_model(model_id, work, task, trust_remote_code)
+        streams = config is not None and not config.needs_data  # then the integer layers are made while writing
+        model, source, deferred = float_model(model_id, work, task, trust_remote_code, defer=streams)
         logger.info("Exported the float model in %.1f s.", time.perf_counter() - start)
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = calibration_tokenizer(config, work) if config is not None else None
         report = compress_and_save(model, out_dir, config, stages, progress=progress, tokenizer=tokenizer,
-                                   monitor=monitor, float_source=source, model_id=str(model_id))
+                                   monitor=monitor, float_source=source, deferred=deferred, model_id=str(model_id))
         del model
     copy_side_files(work, out_dir, skip=(CONFIG_FILE, IR_XML, IR_BIN))
     shutil.rmtree(work)

@@ -25,28 +25,58 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from ..checkpoints.formats import PrequantizedFormat
 from ..checkpoints.reader import PrequantizedCheckpoint
-from ..checkpoints.staging import model_with_placeholders, stage_float_checkpoint
+from ..checkpoints.placeholders import NotStreamable
+from ..checkpoints.staging import model_with_placeholders, stage_float_checkpoint, stage_side_files
 from ..errors import ExportError, ModelError
-from ..ir.decompression import gather_matmul_inputs, replace_with_compressed
-from ..ir.rt_info import write_prequantized_info
+from ..ir.binding import parameter_name
+from ..ir.decompression import (constant_arrays, gather_matmul_inputs, placeholder_arrays, replace_with_compressed,
+                                subgraph_from_arrays)
+from ..ir.rt_info import read_prequantized_info, write_prequantized_info
 from ..ir.sites import find_weight_sites
 from ..layout import IR_XML, copy_side_files
 from .float_ir import export_float_ir
+from .streaming import CheckpointWeights, export_float_model, streamable
 
 logger = logging.getLogger("optimum_wc")
 
 
-_PATCHED_16BIT_SUFFIX = "._openvino_orig_weight"  # optimum-intel's name for weights of float16/bfloat16 exports
+def _sites_by_parameter(ov_model) -> dict[str, Any]:
+    sites, _ = find_weight_sites(ov_model)
+    return {parameter_name(s.name): s for s in sites}
 
 
-def _torch_name(const_name: str) -> str:
-    """``self.model.x.weight`` (or ``self.model.x._openvino_orig_weight``) -> ``model.x.weight``."""
-    name = const_name[len("self."):] if const_name.startswith("self.") else const_name
-    if name.endswith(_PATCHED_16BIT_SUFFIX):
-        name = name[: -len(_PATCHED_16BIT_SUFFIX)] + ".weight"
-    return name
+def _site_of(layer, by_name: dict[str, Any]):
+    """The float MatMul weight site of quantized ``layer`` in the exported IR (checked against the layer)."""
+    site = by_name.get(layer.weight_name)
+    if site is None or site.kind != "matmul":
+        raise ModelError(
+            f"{layer.prefix}.qweight: the exported IR has no float MatMul weight named "
+            f"self.{layer.weight_name}, so "
+            "its integer weights cannot be put in place. The exporter named or fused the layer differently; "
+            "report this architecture to optimum-wc."
+        )
+    if site.shape != (layer.out_features, layer.in_features) or site.reduction_axis != 1:
+        raise ModelError(
+            f"{layer.prefix}.qweight: the IR's weight self.{layer.weight_name} has shape {list(site.shape)} "
+            f"(input axis {site.reduction_axis}), not [{layer.out_features}, {layer.in_features}] "
+            "reduced on axis 1; "
+            "report this architecture to optimum-wc."
+        )
+    return site
+
+
+def _record(layer, lw) -> dict[str, Any]:
+    return {
+        "name": layer.weight_name,
+        "mode": lw.compressed.mode.value,
+        "group_size": lw.compressed.group_size,
+        "act_order": lw.permutation is not None,
+        "shape": [layer.out_features, layer.in_features],
+    }
 
 
 def apply_prequantized(ov_model, ckpt: PrequantizedCheckpoint) -> list[dict[str, Any]]:
@@ -59,39 +89,63 @@ def apply_prequantized(ov_model, ckpt: PrequantizedCheckpoint) -> list[dict[str,
     Returns one record per layer, also written to the IR's rt_info
     (``optimum_wc/prequantized``).
     """
-    sites, _ = find_weight_sites(ov_model)
-    by_name = {_torch_name(s.name): s for s in sites}
+    by_name = _sites_by_parameter(ov_model)
     records = []
     for layer in ckpt.layers:
-        site = by_name.get(layer.weight_name)
-        if site is None or site.kind != "matmul":
-            raise ModelError(
-                f"{layer.prefix}.qweight: the exported IR has no float MatMul weight named "
-                f"self.{layer.weight_name}, so "
-                "its integer weights cannot be put in place. The exporter named or fused the layer differently; "
-                "report this architecture to optimum-wc."
-            )
-        if site.shape != (layer.out_features, layer.in_features) or site.reduction_axis != 1:
-            raise ModelError(
-                f"{layer.prefix}.qweight: the IR's weight self.{layer.weight_name} has shape {list(site.shape)} "
-                f"(input axis {site.reduction_axis}), not [{layer.out_features}, {layer.in_features}] "
-                "reduced on axis 1; "
-                "report this architecture to optimum-wc."
-            )
+        site = _site_of(layer, by_name)
         lw = ckpt.layer_weights(layer)
         if lw.permutation is not None:
             gather_matmul_inputs(site, lw.permutation)
         replace_with_compressed(site, lw.compressed)
-        records.append({
-            "name": layer.weight_name,
-            "mode": lw.compressed.mode.value,
-            "group_size": lw.compressed.group_size,
-            "act_order": lw.permutation is not None,
-            "shape": [layer.out_features, layer.in_features],
-        })
+        records.append(_record(layer, lw))
         del lw
     write_prequantized_info(ov_model, {"format": ckpt.fmt.to_dict(), "layers": records})
     return records
+
+
+class DeferredLayers:
+    """The quantized layers of a streamed export: placeholders in the graph, converted when the ``.bin`` is written.
+
+    Objective: the same IR as :func:`apply_prequantized`, with one layer's
+    unpacked integers in memory at a time.  Every layer is unpacked and
+    checked once here, before anything is written (its layout and its
+    act-order Gather are fixed now), then again by :meth:`compute` when the
+    writer (``compress_to_ir``) reaches its constants.  ``owners`` maps each
+    placeholder constant's name to its layer.
+    """
+
+    def __init__(self, ov_model, ckpt: PrequantizedCheckpoint):
+        by_name = _sites_by_parameter(ov_model)
+        self.ckpt = ckpt
+        self.owners: dict[str, Any] = {}
+        self._site_names: dict[int, str] = {}
+        layouts, records = [], []
+        for layer in ckpt.layers:
+            site = _site_of(layer, by_name)
+            lw = ckpt.layer_weights(layer)
+            cw = lw.compressed
+            if (cw.zero_point is not None) != cw.mode.is_asym:
+                raise ModelError(f"{layer.prefix}: {cw.mode.value} weights with"
+                                 f"{'out' if cw.zero_point is None else ''} zero points; report this to optimum-wc.")
+            if lw.permutation is not None:
+                gather_matmul_inputs(site, lw.permutation)
+            layouts.append((layer, site, cw.mode, cw.codes.shape, cw.scale.shape, cw.group_size, cw.original_shape))
+            records.append(_record(layer, lw))
+            del lw, cw
+        largest = max((int(np.prod(c)) + 2 * int(np.prod(s)) for _, _, _, c, s, _, _ in layouts), default=0)
+        self.zeros = np.zeros(largest + 1, dtype=np.uint8)  # backs every placeholder: keep it until the XML is written
+        for layer, site, mode, codes_shape, scale_shape, group_size, shape in layouts:
+            arrays = placeholder_arrays(mode, codes_shape, scale_shape, site.name, self.zeros)
+            replace_with_compressed(site, None, subgraph_from_arrays(arrays, group_size, shape, site.name, shared=True))
+            self._site_names[id(layer)] = site.name
+            for name in arrays:
+                self.owners[name] = layer
+        self.records = records
+        write_prequantized_info(ov_model, {"format": ckpt.fmt.to_dict(), "layers": records})
+
+    def compute(self, layer) -> dict[str, tuple]:
+        """The layer's constants, ``{friendly name: (bytes, element type, shape)}``, unpacked from the checkpoint."""
+        return constant_arrays(self.ckpt.layer_weights(layer).compressed, self._site_names[id(layer)])
 
 
 @contextlib.contextmanager
@@ -131,12 +185,22 @@ def _work_dir(output: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _open_checkpoint(model_id, fmt: PrequantizedFormat | None, trust_remote_code: bool) -> PrequantizedCheckpoint:
+    ckpt = PrequantizedCheckpoint(model_id, fmt, trust_remote_code=trust_remote_code)
+    logger.info("%s: %s checkpoint (%s, %d-bit, group size %d%s%s), %d quantized linear layers.",
+                ckpt.path, ckpt.fmt.method.upper(), ckpt.fmt.checkpoint_format, ckpt.fmt.bits, ckpt.fmt.group_size,
+                ", sym" if ckpt.fmt.sym else ", asym", ", act-order" if ckpt.fmt.desc_act else "", len(ckpt.layers))
+    return ckpt
+
+
 def export_prequantized_ir(
     model_id: str | os.PathLike,
     output: Path,
     fmt: PrequantizedFormat | None = None,
     task: str | None = None,
     trust_remote_code: bool = False,
+    *,
+    stream: bool = True,
 ) -> list[dict[str, Any]]:
     """Export a GPTQ/AWQ checkpoint folder to ``output`` keeping its integer weights exactly.
 
@@ -144,16 +208,27 @@ def export_prequantized_ir(
     ``openvino_model.xml/.bin`` and the exporter's config/tokenizer files
     (``config.json`` without ``quantization_config``).  Everything else stays
     float (our engine may compress it afterwards).  Returns the per-layer records.
+    The float parts are streamed from the shards when possible
+    (:func:`try_export_prequantized_model`; ``stream=False``: do not try);
+    otherwise a staging copy of the checkpoint's float parts is exported to a
+    float IR first.
     """
     import openvino as ov
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    ckpt = PrequantizedCheckpoint(model_id, fmt, trust_remote_code=trust_remote_code)
-    logger.info("%s: %s checkpoint (%s, %d-bit, group size %d%s%s), %d quantized linear layers.",
-                ckpt.path, ckpt.fmt.method.upper(), ckpt.fmt.checkpoint_format, ckpt.fmt.bits, ckpt.fmt.group_size,
-                ", sym" if ckpt.fmt.sym else ", asym", ", act-order" if ckpt.fmt.desc_act else "", len(ckpt.layers))
+    ckpt = _open_checkpoint(model_id, fmt, trust_remote_code)
+    tensors = streamable(ckpt.path) if stream else None
+    streamed = _streamed(ckpt, tensors, output, task, trust_remote_code, defer=False) if tensors is not None else None
+    if streamed is not None:  # float parts bound to the checkpoint, the integer layers in place: write it
+        model = streamed[0]
+        ov.save_model(model, output / IR_XML, compress_to_fp16=False)
+        records = read_prequantized_info(model)["layers"]
+        del model, streamed
+        logger.info("Kept the %s weights of %d layers exactly in %.1f s (float parts streamed).",
+                    ckpt.fmt.method.upper(), len(records), time.perf_counter() - start)
+        return records
     with _work_dir(output) as work:
         staged, float_dir = work / "checkpoint", work / "float"
         stage_float_checkpoint(ckpt, staged, dequantized_layers=False)
@@ -176,3 +251,44 @@ def export_prequantized_ir(
     logger.info("Kept the %s weights of %d layers exactly in %.1f s.",
                 ckpt.fmt.method.upper(), len(records), time.perf_counter() - start)
     return records
+
+
+def try_export_prequantized_model(model_id: str | os.PathLike, work: Path, fmt: PrequantizedFormat | None = None,
+                                  task: str | None = None, trust_remote_code: bool = False, *, defer: bool = True):
+    """A GPTQ/AWQ checkpoint streamed: ``(model, CheckpointWeights, DeferredLayers or None)``, or None (logged).
+
+    The float parts are bound to the memory-mapped shards, as for a float
+    checkpoint (:func:`~optimum_wc.export.streaming.export_float_model`); no
+    staged checkpoint and no float IR are written.  With ``defer`` the
+    quantized layers are :class:`DeferredLayers` for ``compress_to_ir``;
+    otherwise they are put in place now (:func:`apply_prequantized`).  None
+    when the checkpoint is not a folder of safetensors shards or the model
+    cannot be traced with placeholders: use ``export_prequantized_ir(..., stream=False)``.
+    The exporter's side files (float ``config.json``, tokenizer) go to ``work``.
+    """
+    tensors = streamable(model_id)
+    if tensors is None:
+        return None
+    return _streamed(_open_checkpoint(model_id, fmt, trust_remote_code), tensors, Path(work), task, trust_remote_code,
+                     defer=defer)
+
+
+def _streamed(ckpt: PrequantizedCheckpoint, tensors, work: Path, task, trust_remote_code: bool, *, defer: bool):
+    work.mkdir(parents=True, exist_ok=True)
+    side = Path(tempfile.mkdtemp(prefix=".optimum-wc-config-", dir=work))
+    try:
+        stage_side_files(ckpt, side)
+        packed = {layer.weight_name: (layer.out_features, layer.in_features) for layer in ckpt.layers}
+        model, placeholders = export_float_model(side, work, tensors, task, trust_remote_code, packed=packed)
+    except NotStreamable as exc:
+        logger.info("Not streaming the float weights of %s (%s): staging a float checkpoint first.", ckpt.path, exc)
+        for item in work.iterdir():
+            if item.is_file():
+                item.unlink()
+        return None
+    finally:
+        shutil.rmtree(side, ignore_errors=True)
+    if defer:
+        return model, CheckpointWeights(tensors, placeholders), DeferredLayers(model, ckpt)
+    apply_prequantized(model, ckpt)
+    return model, CheckpointWeights(tensors, placeholders), None

@@ -44,7 +44,8 @@ def streamable(model_id: str | os.PathLike) -> CheckpointTensors | None:
 
 
 @contextlib.contextmanager
-def _exporter_patched(tensors: CheckpointTensors, trust_remote_code: bool, captured: dict) -> Iterator[None]:
+def _exporter_patched(tensors: CheckpointTensors, trust_remote_code: bool, captured: dict,
+                      packed: dict[str, tuple[int, ...]] | None = None) -> Iterator[None]:
     """optimum-intel's exporter with placeholder weights, handing its IR to ``captured`` instead of saving it."""
     from optimum.exporters.tasks import TasksManager
     import optimum.exporters.openvino.__main__ as export_main
@@ -52,7 +53,7 @@ def _exporter_patched(tensors: CheckpointTensors, trust_remote_code: bool, captu
 
     def load(task, model_name_or_path, *args, **kwargs):
         dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
-        model, placeholders = placeholder_model(Path(model_name_or_path), tensors, dtype, trust_remote_code)
+        model, placeholders = placeholder_model(Path(model_name_or_path), tensors, dtype, trust_remote_code, packed)
         captured["placeholders"] = placeholders
         return model
 
@@ -75,21 +76,26 @@ def _exporter_patched(tensors: CheckpointTensors, trust_remote_code: bool, captu
 
 
 def export_float_model(model_id: str | os.PathLike, side_dir: Path, tensors: CheckpointTensors,
-                       task: str | None = None, trust_remote_code: bool = False) -> tuple[Any, dict[str, str]]:
+                       task: str | None = None, trust_remote_code: bool = False,
+                       packed: dict[str, tuple[int, ...]] | None = None) -> tuple[Any, dict[str, str]]:
     """The float ``openvino.Model`` of the checkpoint, weights bound to its files, and ``{parameter: tensor name}``.
 
-    Side files (config, tokenizer, generation config) go to ``side_dir``.
+    ``model_id`` is the folder the exporter reads the config and tokenizer
+    from; ``tensors`` are the weights.  Side files (config, tokenizer,
+    generation config) go to ``side_dir``.  ``packed`` parameters (see
+    :func:`~optimum_wc.checkpoints.placeholders.placeholder_model`) keep
+    their placeholder constants, for the caller to replace.
 
     Raises :class:`NotStreamable` when the checkpoint cannot be exported this
     way (the caller then exports it the classic way).
     """
     captured: dict[str, Any] = {}
-    with _exporter_patched(tensors, trust_remote_code, captured):
+    with _exporter_patched(tensors, trust_remote_code, captured, packed):
         export_float_ir(model_id, side_dir, task, trust_remote_code, expect_ir=False)
     model = captured.get("model")
     if model is None:
         raise NotStreamable("the exporter produced no model")
-    placeholders = captured["placeholders"]
+    placeholders = {p: t for p, t in captured["placeholders"].items() if t is not None}
     try:
         bind_constants(model, set(placeholders), lambda p: tensors.array(placeholders[p]),
                        lambda p: tensors.info[placeholders[p]].dtype == "BF16")

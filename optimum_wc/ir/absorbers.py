@@ -9,6 +9,7 @@ linear unit, and, as a last resort, a Multiply inserted on the activation.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from .sites import FLOAT_TYPES, activation_input, read_weight, set_float_weight, source_constant, weight_of
+from .sites import FLOAT_TYPES, activation_input, edit_float_weight, source_constant, weight_of
 
 @dataclass(frozen=True)
 class Absorber:
@@ -86,11 +87,14 @@ def scale_gated_linear_rows(producer, consumers, factor: np.ndarray, context: di
     site = context["all_sites_by_op"].get(matmul.get_friendly_name())
     if site is None:
         raise ValueError(f"no weight site for {matmul.get_friendly_name()}")
-    w = np.array(read_weight(site), dtype=np.float32)
     out_axis = 1 - site.reduction_axis % 2
     shape = [1, 1]
     shape[out_axis] = -1
-    set_float_weight(site, w * factor.reshape(shape))
+    edit_float_weight(site, functools.partial(_scale_rows, factor=factor.reshape(shape)), context.get("lazy", False))
+
+
+def _scale_rows(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    return np.array(w, dtype=np.float32) * factor
 
 
 def insert_activation_scale(producer, consumers, factor: np.ndarray, context: dict) -> None:

@@ -215,3 +215,39 @@ def pass_boundaries(model, passes: Sequence[Sequence[tuple[str, int]]]) -> list[
                 b = None
         checked.append(b if j + 1 < len(passes) else None)
     return checked
+
+
+def statistics_segments(model, passes: Sequence[Sequence[tuple[str, int]]]) -> list[tuple[str | None, list]]:
+    """``passes`` (activation sources in topological order) cut into segments that run one after another.
+
+    Returns ``(start, sources)`` per segment: the segment runs from the value
+    of node ``start`` (None: from the tokens), which the previous segment
+    outputs, to its sources.  A pass starts a new segment at the nearest
+    common dominator of its sources (in a decoder: the residual stream
+    before them) when that node is acceptable as a boundary and the
+    previous segment's start dominates it; otherwise it joins the previous
+    segment.  Unlike :func:`pass_boundaries` nothing is compressed between
+    segments, so each starts where its own sources begin.
+    """
+    tree = _DominatorTree(model)
+
+    def acceptable(name: str) -> bool:
+        op = tree.nodes[name]
+        return op.get_output_size() == 1 and op.get_type_name() != "Parameter" and weight_of(op) is None
+
+    segments: list[tuple[str | None, list]] = []
+    for sources in passes:
+        names = [n for n, _ in sources]
+        start = None
+        if segments and names and all(n in tree.depth for n in names):
+            start = reduce(tree.lca, names)
+            while start != tree.ROOT and not acceptable(start):
+                start = tree.idom[start]
+            previous = segments[-1][0]
+            if start in (tree.ROOT, previous) or (previous is not None and not tree.dominates(previous, start)):
+                start = None
+        if segments and start is None:
+            segments[-1][1].extend(sources)
+        else:
+            segments.append((start, list(sources)))
+    return segments

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import openvino as ov
@@ -50,6 +50,8 @@ class WeightSite:
     op_names: list[str] = field(default_factory=list)  # consumers, first one first
     op_types: list[str] = field(default_factory=list)
     op_indices: list[int] = field(default_factory=list)  # topological positions of the consumers
+    # float32 -> float32 edits not yet made to the constant: read_weight applies them (see defer_float_weight)
+    pending: list[Callable[[np.ndarray], np.ndarray]] = field(default_factory=list)
 
     @property
     def num_weights(self) -> int:
@@ -183,13 +185,17 @@ def topological_positions(model) -> dict[str, int]:
 
 
 def read_weight(site: WeightSite) -> np.ndarray:
-    """The weight as float32 (a view when it already is float32)."""
+    """The weight as float32 (a view when it already is float32), with its pending edits made."""
     const = site.const
     if const.get_element_type() == ov.Type.bf16:
         raw = np.frombuffer(const.get_tensor_view().data.tobytes(), dtype=np.uint16)
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(site.shape)
-    data = const.get_data()
-    return data if data.dtype == np.float32 else data.astype(np.float32)
+        data = (raw.astype(np.uint32) << 16).view(np.float32).reshape(site.shape)
+    else:
+        data = const.get_data()
+        data = data if data.dtype == np.float32 else data.astype(np.float32)
+    for edit in site.pending:  # exactly what set_float_weight(site, edit(read_weight(site))) would have stored
+        data = np.ascontiguousarray(edit(data), dtype=np.float32)
+    return data
 
 
 def stored_weight(site: WeightSite) -> np.ndarray:
@@ -207,3 +213,18 @@ def set_float_weight(site: WeightSite, weight: np.ndarray) -> None:
         target.replace_source_output(new.output(0))
     site.const = new
     site.element_type = ov.Type.f32
+    site.pending = []
+
+
+def edit_float_weight(site: WeightSite, edit: Callable[[np.ndarray], np.ndarray], lazy: bool) -> None:
+    """``site``'s weight becomes ``edit(weight)`` (float32 in, float32 out).
+
+    ``lazy``: the edit is kept pending and made by every later
+    :func:`read_weight`, so no float32 copy of the weight is held meanwhile;
+    the graph keeps the old constant, so only for models that are not run
+    again before the weight is compressed.  Both give the same float32 values.
+    """
+    if lazy:
+        site.pending.append(edit)
+    else:
+        set_float_weight(site, edit(read_weight(site)))
