@@ -78,6 +78,29 @@ def test_untransposed_and_f16_weights(weight_type):
     assert matmul.input_value(1).get_element_type() == ov.Type.f32
 
 
+def test_read_weight_decodes_bfloat16_and_applies_pending_edits():
+    """bfloat16 constants decode to the exact float32 of their bits; pending edits are made on every read, in order."""
+    import openvino.opset13 as ops
+
+    from optimum_wc.ir.sites import edit_float_weight
+
+    rng = np.random.default_rng(3)
+    bits = (rng.standard_normal((16, 32)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    const = ops.constant(ov.Tensor(bits, ov.Shape([16, 32]), ov.Type.bf16), name="w")
+    x = ops.parameter([1, 32], ov.Type.f32, name="x")
+    model = ov.Model([ops.matmul(x, ops.convert(const, ov.Type.f32), False, True)], [x], "bf16")
+    site = find_weight_sites(model)[0][0]
+    expected = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert np.array_equal(read_weight(site), expected)
+    edit_float_weight(site, lambda w: w * np.float32(3), lazy=True)
+    edit_float_weight(site, lambda w: w - np.float32(1), lazy=True)
+    assert np.array_equal(read_weight(site), expected * np.float32(3) - np.float32(1))
+    assert site.const.get_element_type() == ov.Type.bf16  # the graph is not touched until compression
+    edit_float_weight(site, lambda w: w * np.float32(2), lazy=False)  # an eager edit makes the pending ones first
+    assert site.const.get_element_type() == ov.Type.f32 and not site.pending
+    assert np.array_equal(site.const.get_data(), (expected * np.float32(3) - np.float32(1)) * np.float32(2))
+
+
 @pytest.mark.parametrize(
     "kwargs, expected",
     [

@@ -21,7 +21,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ..quant.lowering import Bfloat16Bits
+from ..quant.lowering import Bfloat16Bits, as_float32
 
 FLOAT_TYPES = (ov.Type.f32, ov.Type.f16, ov.Type.bf16)
 # Graph patterns whose MatMul is not a linear layer, as data: a MatMul whose
@@ -187,9 +187,8 @@ def topological_positions(model) -> dict[str, int]:
 def read_weight(site: WeightSite) -> np.ndarray:
     """The weight as float32 (a view when it already is float32), with its pending edits made."""
     const = site.const
-    if const.get_element_type() == ov.Type.bf16:
-        raw = np.frombuffer(const.get_tensor_view().data.tobytes(), dtype=np.uint16)
-        data = (raw.astype(np.uint32) << 16).view(np.float32).reshape(site.shape)
+    if const.get_element_type() == ov.Type.bf16:  # decoded straight from the constant's memory: one float32 copy
+        data = as_float32(stored_weight(site)).reshape(site.shape)
     else:
         data = const.get_data()
         data = data if data.dtype == np.float32 else data.astype(np.float32)
