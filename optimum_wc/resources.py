@@ -139,3 +139,74 @@ def _read_only_file_mapping(first: int, last: int) -> bool:
         if begin <= first and last <= end:
             return len(fields) >= 6 and fields[4] != "0" and "w" not in fields[1]
     return False
+
+
+class SpillArena:
+    """Room for arrays in an unlinked file, mapped: they live in the page cache, not in anonymous memory.
+
+    Objective: results that must outlive their computation (the compressed
+    constants of a data-aware compression, held until the model is saved)
+    cost the process no anonymous memory whatever the model's size; the
+    kernel writes their pages to the file and drops them under pressure.
+    The file has no name, so nothing is left behind, even after a crash:
+    its space returns when the arena is closed or the process ends.  Disk
+    blocks are reserved as arrays arrive (``posix_fallocate``), so a full
+    disk makes :meth:`put` decline (None) instead of giving a mapping that
+    would fault later.
+    """
+
+    ALIGN = 64
+
+    def __init__(self, directory: str | Path, capacity: int):
+        import mmap
+        import os
+        import tempfile
+
+        import numpy as np
+
+        fd, path = tempfile.mkstemp(prefix=".optimum-wc-spill-", dir=str(directory))
+        try:
+            os.unlink(path)
+            self.capacity = max(int(capacity), mmap.PAGESIZE)
+            os.ftruncate(fd, self.capacity)  # sparse: no disk used until written
+            self._map = mmap.mmap(fd, self.capacity)
+        finally:
+            self._fd = fd
+        self._buffer = np.frombuffer(self._map, dtype=np.uint8)
+        self.used = 0
+
+    def put(self, array):
+        """``array``'s values in the arena (a view of the mapping), or None when there is no room (keep ``array``)."""
+        import os
+
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+        start = -(-self.used // self.ALIGN) * self.ALIGN
+        if self._buffer is None or start + array.nbytes > self.capacity:
+            return None
+        try:
+            os.posix_fallocate(self._fd, start, max(array.nbytes, 1))
+        except OSError:
+            return None
+        view = self._buffer[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+        view[...] = array
+        self.used = start + array.nbytes
+        return view
+
+    def close(self) -> None:
+        """Release the file (only once nothing uses the arrays put here: their memory goes away)."""
+        import os
+
+        self._buffer = None
+        try:
+            self._map.close()
+        except BufferError:  # a view is still alive somewhere: the mapping goes with the process
+            pass
+        os.close(self._fd)
+
+    def __enter__(self) -> "SpillArena":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

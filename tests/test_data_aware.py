@@ -283,3 +283,22 @@ def test_lazy_awq_edits_give_the_eager_bytes(llama_ir, tokenizer, read_ir, tmp_p
     assert kinds(lazy_model) == kinds(eager_model)
     ids = np.random.default_rng(1).integers(3, 500, size=(1, 12)).astype(np.int64)
     assert np.array_equal(run_logits(lazy_model, ids), run_logits(eager_model, ids))
+
+
+@pytest.mark.parametrize("capacity", [1 << 24, 4096])  # room for everything; room for almost nothing (copies)
+def test_spilled_constants_give_the_same_bytes(llama_ir, tokenizer, read_ir, tmp_path, capacity):
+    """Compressed constants held in a SpillArena (an unlinked, mapped file) save to the same IR as in memory."""
+    from optimum_wc.resources import SpillArena
+
+    config = WeightCompressionConfig(mode="int4_asym", group_size=32, dataset=str(CALIB), subset_size=4,
+                                     sample_length=32, awq=True, scale_estimation=True)
+    ov.save_model(compress_model(read_ir(llama_ir), config, tokenizer=tokenizer), tmp_path / "memory.xml")
+    with SpillArena(tmp_path, capacity) as arena:
+        model = compress_model(read_ir(llama_ir), config, tokenizer=tokenizer, spill=arena)
+        ov.save_model(model, tmp_path / "spilled.xml")
+        integer_bytes = sum(op.get_byte_size() for op in model.get_ops() if op.get_type_name() == "Constant"
+                            and op.get_element_type() in (ov.Type.u4, ov.Type.u8))
+        del model
+        assert (arena.used >= integer_bytes) if capacity > 4096 else (0 < arena.used <= 4096), (arena.used, integer_bytes)
+    assert (tmp_path / "spilled.bin").read_bytes() == (tmp_path / "memory.bin").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.bin", "memory.xml", "spilled.bin", "spilled.xml"]

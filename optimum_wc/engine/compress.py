@@ -22,7 +22,8 @@ from typing import Any, Callable
 from ..calibration.samples import prepare_samples
 from ..calibration.statistics import collect_statistics
 from ..config import WeightCompressionConfig
-from ..ir.decompression import adapter_input, add_lora_adapter, replace_with_compressed
+from ..ir.decompression import (adapter_input, add_lora_adapter, constant_arrays, replace_with_compressed,
+                                subgraph_from_arrays)
 from ..ir.rt_info import write_rt_info
 from ..ir.sites import find_weight_sites, ops_by_name, read_weight, set_float_weight
 from ..report import bitwidth_table
@@ -49,6 +50,7 @@ def compress_model(
     tokenizer: Any = None,
     progress: bool = False,
     statistics_path: str | None = None,
+    spill: Any = None,
 ):
     """Compress the weights of ``ov_model`` (an ``openvino.Model``) in place and return it.
 
@@ -56,7 +58,10 @@ def compress_model(
     optimum-intel ``OVWeightQuantizationConfig``.  ``dataset`` (else
     ``config.dataset``) is the calibration data of data-aware options; text
     needs ``tokenizer``.  ``statistics_path`` caches activation statistics
-    on disk and reuses them for the same model and data.  The chosen mode and
+    on disk and reuses them for the same model and data.  ``spill``: a
+    :class:`optimum_wc.resources.SpillArena` that holds the compressed
+    constants (file-backed, not anonymous memory); it must outlive the
+    model (its constants point into it).  The chosen mode and
     group size of every layer are written to the model's ``rt_info`` and
     logged as a bit-width distribution table.
     """
@@ -86,7 +91,7 @@ def compress_model(
             logger.debug("AWQ %s", rec)
 
     records = {id(p): p.record() for p in plans}
-    apply = _GraphWriter(ov_model, records)
+    apply = _GraphWriter(ov_model, records, spill)
     step_data = StepData(stats, lora_rank=config.lora_rank)
     step_of = lambda p: step if p.is_primary_matmul(config.mode) else RTN  # noqa: E731 - the rest: round to nearest
     deferred = [p for p in plans if step_of(p).layerwise]
@@ -135,9 +140,10 @@ def _compress_now(plans: list[LayerPlan], step_of: Callable[[LayerPlan], Step], 
 class _GraphWriter:
     """Writes a step's result into the graph: the compressed weight, then any LoRA adapter; fills the record."""
 
-    def __init__(self, model, records: dict[int, dict]):
+    def __init__(self, model, records: dict[int, dict], spill: Any = None):
         self.model = model
         self.records = records
+        self.spill = spill
         self.adapter_inputs: dict[int, list] = {}
 
     @functools.cached_property
@@ -159,7 +165,12 @@ class _GraphWriter:
         record = self.records[id(p)]
         record["relative_error"] = round(out.compressed.relative_error, 6)
         record.update(out.notes)
-        replace_with_compressed(p.site, out.compressed)
+        cw, new = out.compressed, None
+        if self.spill is not None:  # the constants' bytes go to the arena's file-backed pages, shared, not copied
+            arrays = {k: (self.spill.put(a), t, s) for k, (a, t, s) in constant_arrays(cw, p.site.name).items()}
+            if all(a is not None for a, _, _ in arrays.values()):  # else (no room): in memory, as without an arena
+                new = subgraph_from_arrays(arrays, cw.group_size, cw.original_shape, p.site.name, shared=True)
+        replace_with_compressed(p.site, cw, new)
         if out.adapter is not None:
             for i, (matmul, x) in enumerate(self.adapter_inputs.pop(id(p))):
                 add_lora_adapter(matmul, x, out.adapter.a, out.adapter.b, p.site.name if i == 0 else f"{p.site.name}/{i}")

@@ -39,7 +39,7 @@ from ..errors import ExportError
 from ..ir.rt_info import read_rt_info
 from ..layout import CONFIG_FILE, IR_BIN, IR_XML, REPORT_FILE, copy_side_files, move_into_place, staging_dir, write_config_file
 from ..report import Stages, write_report
-from ..resources import ResourceMonitor
+from ..resources import ResourceMonitor, SpillArena
 from .float_ir import check_model_source, export_float_ir
 from .prequantized import export_prequantized_ir, try_export_prequantized_model
 from .streaming import try_export_float_model
@@ -122,29 +122,38 @@ def compress_and_save(model, folder: Path, config: WeightCompressionConfig | Non
     Data-free configs are written layer by layer straight into the IR
     (:func:`optimum_wc.engine.streaming.compress_to_ir`, which also makes
     the ``deferred`` layers' constants); data-aware ones compress the whole
-    model in memory first (``compress_model``).
+    model first (``compress_model``), their results held in a
+    :class:`~optimum_wc.resources.SpillArena` (file-backed pages, not
+    anonymous memory) until saved: ``model`` must not be used after this call.
     """
     import openvino as ov
 
     float_bytes = sum(c.get_byte_size() for c in model.get_ops() if c.get_type_name() == "Constant")
     stages.start("compress")
-    if config is not None and not config.needs_data:
-        compress_to_ir(model, config, folder / IR_XML, progress=progress,
-                       source=None if isinstance(float_source, Path) else float_source, deferred=deferred)
-        stages.start("save")
-    else:
-        if deferred is not None:
-            raise ExportError("deferred layers are written by compress_to_ir: export with defer=False for this config")
-        if config is not None:
-            compress_model(model, config, progress=progress, tokenizer=tokenizer)
-        stages.start("save")
-        ov.save_model(model, folder / IR_XML, compress_to_fp16=False)
-    resources = {}
-    if monitor is not None:
-        read = getattr(float_source, "bytes_read", None)
-        resources = monitor.stop(checkpoint_bytes_read=read, streamed=read is not None)
-    float_bin = float_source if isinstance(float_source, Path) else float_bytes
-    written = write_report(folder, model, timings=stages.close(), float_bin=float_bin, resources=resources, **report)
+    # data-aware: the compressed constants wait for the save in file-backed pages (no name, in the output's folder)
+    spill = SpillArena(folder, float_bytes + 2**20) if config is not None and config.needs_data else None
+    try:
+        if config is not None and not config.needs_data:
+            compress_to_ir(model, config, folder / IR_XML, progress=progress,
+                           source=None if isinstance(float_source, Path) else float_source, deferred=deferred)
+            stages.start("save")
+        else:
+            if deferred is not None:
+                raise ExportError("deferred layers are written by compress_to_ir: export with defer=False for this "
+                                  "config")
+            if config is not None:
+                compress_model(model, config, progress=progress, tokenizer=tokenizer, spill=spill)
+            stages.start("save")
+            ov.save_model(model, folder / IR_XML, compress_to_fp16=False)
+        resources = {}
+        if monitor is not None:
+            read = getattr(float_source, "bytes_read", None)
+            resources = monitor.stop(checkpoint_bytes_read=read, streamed=read is not None)
+        float_bin = float_source if isinstance(float_source, Path) else float_bytes
+        written = write_report(folder, model, timings=stages.close(), float_bin=float_bin, resources=resources, **report)
+    finally:
+        if spill is not None:
+            spill.close()
     if config is not None:
         write_config_file(folder, config.to_dict())
     return written
