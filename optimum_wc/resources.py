@@ -10,6 +10,9 @@ the figures are None.
 
 from __future__ import annotations
 
+import mmap
+import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -158,10 +161,6 @@ class SpillArena:
     ALIGN = 64
 
     def __init__(self, directory: str | Path, capacity: int):
-        import mmap
-        import os
-        import tempfile
-
         import numpy as np
 
         fd, path = tempfile.mkstemp(prefix=".optimum-wc-spill-", dir=str(directory))
@@ -170,15 +169,15 @@ class SpillArena:
             self.capacity = max(int(capacity), mmap.PAGESIZE)
             os.ftruncate(fd, self.capacity)  # sparse: no disk used until written
             self._map = mmap.mmap(fd, self.capacity)
-        finally:
-            self._fd = fd
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         self._buffer = np.frombuffer(self._map, dtype=np.uint8)
         self.used = 0
 
     def put(self, array):
         """``array``'s values in the arena (a view of the mapping), or None when there is no room (keep ``array``)."""
-        import os
-
         import numpy as np
 
         array = np.ascontiguousarray(array)
@@ -196,8 +195,6 @@ class SpillArena:
 
     def close(self) -> None:
         """Release the file (only once nothing uses the arrays put here: their memory goes away)."""
-        import os
-
         self._buffer = None
         try:
             self._map.close()

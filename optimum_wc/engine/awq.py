@@ -72,7 +72,7 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode, lazy: bool = False
 
 def _scale_inputs(w: np.ndarray, s: np.ndarray, axis: int) -> np.ndarray:
     """``W diag(s)``: the input channels of ``w`` scaled by ``s``."""
-    return _from_out_in(_as_out_in(w, axis) * s, axis)
+    return _from_out_in(np.asarray(w.T if axis % 2 == 0 else w, dtype=np.float32) * s, axis)
 
 
 def _as_out_in(w: np.ndarray, axis: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..config import WeightCompressionConfig
 from ..errors import ConfigError
-from ..ir.decompression import constant_arrays, placeholder_arrays, replace_with_compressed, subgraph_from_arrays
+from ..ir.decompression import constant_arrays, place_placeholders
 from ..ir.rt_info import write_rt_info
 from ..ir.serialize import OrderedBinWriter, constant_bytes, ordered_constants, write_xml
 from ..ir.sites import find_weight_sites, stored_weight
@@ -158,21 +158,12 @@ def _place_placeholders(plans: list[LayerPlan]) -> tuple[dict[str, LayerPlan], d
     Returns the constants' owners, the float sites and the zero buffer the
     placeholders share (keep it alive while the graph is used).
     """
-    shapes = {id(p): compressed_shapes(p.site.shape, p.site.reduction_axis, p.group_size) for p in plans}
-    largest = max((int(np.prod(c)) + 2 * int(np.prod(s)) for c, s in shapes.values()), default=0)
-    zeros = np.zeros(largest + 1, dtype=np.uint8)
-    owners: dict[str, LayerPlan] = {}
-    float_sites: dict[int, Any] = {}
+    float_sites = {id(p): dataclasses.replace(p.site) for p in plans}  # keep the float constants for reading later
+    owners, zeros = place_placeholders(
+        [(p, p.site, p.mode, *compressed_shapes(p.site.shape, p.site.reduction_axis, p.group_size), p.group_size)
+         for p in plans])
     for p in plans:
-        float_sites[id(p)] = dataclasses.replace(p.site)  # keeps the float constant for reading the weight later
-        arrays = placeholder_arrays(p.mode, *shapes[id(p)], p.site.name, zeros)
-        new = subgraph_from_arrays(arrays, p.group_size, p.site.shape, p.site.name, shared=True)
-        replace_with_compressed(p.site, None, new)
         p.site = float_sites[id(p)]  # the plan's site stays readable for the steps
-        for name in arrays:
-            if name in owners:
-                raise ConfigError(f"two weights would both write a constant named {name!r}; rename one of them.")
-            owners[name] = p
     return owners, float_sites, zeros
 
 

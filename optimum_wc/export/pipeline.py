@@ -104,13 +104,12 @@ def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None
         streamed = try_export_float_model(model_id, work, task, trust_remote_code)
         if streamed is not None:
             return (*streamed, None)
+        export_ir(model_id, work, task, trust_remote_code)
     else:
         streamed = try_export_prequantized_model(model_id, work, fmt, task, trust_remote_code, defer=defer)
         if streamed is not None:
             return streamed
-        export_prequantized_ir(model_id, work, fmt, task, trust_remote_code, stream=False)
-        return ov.Core().read_model(work / IR_XML), work / IR_BIN, None
-    export_ir(model_id, work, task, trust_remote_code)
+        export_prequantized_ir(model_id, work, fmt, task, trust_remote_code, stream=False)  # streaming just failed
     return ov.Core().read_model(work / IR_XML), work / IR_BIN, None
 
 
@@ -150,7 +149,8 @@ def compress_and_save(model, folder: Path, config: WeightCompressionConfig | Non
             read = getattr(float_source, "bytes_read", None)
             resources = monitor.stop(checkpoint_bytes_read=read, streamed=read is not None)
         float_bin = float_source if isinstance(float_source, Path) else float_bytes
-        written = write_report(folder, model, timings=stages.close(), float_bin=float_bin, resources=resources, **report)
+        written = write_report(folder, model, timings=stages.close(), float_bin=float_bin, resources=resources,
+                               **report)
     finally:
         if spill is not None:
             spill.close()

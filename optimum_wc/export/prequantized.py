@@ -25,16 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from ..checkpoints.formats import PrequantizedFormat
 from ..checkpoints.reader import PrequantizedCheckpoint
 from ..checkpoints.placeholders import NotStreamable
 from ..checkpoints.staging import model_with_placeholders, stage_float_checkpoint, stage_side_files
 from ..errors import ExportError, ModelError
 from ..ir.binding import parameter_name
-from ..ir.decompression import (constant_arrays, gather_matmul_inputs, placeholder_arrays, replace_with_compressed,
-                                subgraph_from_arrays)
+from ..ir.decompression import constant_arrays, gather_matmul_inputs, place_placeholders, replace_with_compressed
 from ..ir.rt_info import read_prequantized_info, write_prequantized_info
 from ..ir.sites import find_weight_sites
 from ..layout import IR_XML, copy_side_files
@@ -117,7 +114,6 @@ class DeferredLayers:
     def __init__(self, ov_model, ckpt: PrequantizedCheckpoint):
         by_name = _sites_by_parameter(ov_model)
         self.ckpt = ckpt
-        self.owners: dict[str, Any] = {}
         self._site_names: dict[int, str] = {}
         layouts, records = [], []
         for layer in ckpt.layers:
@@ -129,18 +125,12 @@ class DeferredLayers:
                                  f"{'out' if cw.zero_point is None else ''} zero points; report this to optimum-wc.")
             if lw.permutation is not None:
                 gather_matmul_inputs(site, lw.permutation)
-            layouts.append((layer, site, cw.mode, cw.codes.shape, cw.scale.shape, cw.group_size, cw.original_shape))
+            layouts.append((layer, site, cw.mode, cw.codes.shape, cw.scale.shape, cw.group_size))
+            self._site_names[id(layer)] = site.name
             records.append(_record(layer, lw))
             del lw, cw
-        largest = max((int(np.prod(c)) + 2 * int(np.prod(s)) for _, _, _, c, s, _, _ in layouts), default=0)
-        self.zeros = np.zeros(largest + 1, dtype=np.uint8)  # backs every placeholder: keep it until the XML is written
-        for layer, site, mode, codes_shape, scale_shape, group_size, shape in layouts:
-            arrays = placeholder_arrays(mode, codes_shape, scale_shape, site.name, self.zeros)
-            replace_with_compressed(site, None, subgraph_from_arrays(arrays, group_size, shape, site.name, shared=True))
-            self._site_names[id(layer)] = site.name
-            for name in arrays:
-                self.owners[name] = layer
-        self.records = records
+        # ``zeros`` backs every placeholder: it must outlive the XML serialization
+        self.owners, self.zeros = place_placeholders(layouts)
         write_prequantized_info(ov_model, {"format": ckpt.fmt.to_dict(), "layers": records})
 
     def compute(self, layer) -> dict[str, tuple]:
@@ -282,9 +272,6 @@ def _streamed(ckpt: PrequantizedCheckpoint, tensors, work: Path, task, trust_rem
         model, placeholders = export_float_model(side, work, tensors, task, trust_remote_code, packed=packed)
     except NotStreamable as exc:
         logger.info("Not streaming the float weights of %s (%s): staging a float checkpoint first.", ckpt.path, exc)
-        for item in work.iterdir():
-            if item.is_file():
-                item.unlink()
         return None
     finally:
         shutil.rmtree(side, ignore_errors=True)

@@ -87,20 +87,29 @@ def export_float_model(model_id: str | os.PathLike, side_dir: Path, tensors: Che
     their placeholder constants, for the caller to replace.
 
     Raises :class:`NotStreamable` when the checkpoint cannot be exported this
-    way (the caller then exports it the classic way).
+    way (the caller then exports it the classic way); the side files it wrote
+    are removed then.
     """
-    captured: dict[str, Any] = {}
-    with _exporter_patched(tensors, trust_remote_code, captured, packed):
-        export_float_ir(model_id, side_dir, task, trust_remote_code, expect_ir=False)
-    model = captured.get("model")
-    if model is None:
-        raise NotStreamable("the exporter produced no model")
-    placeholders = {p: t for p, t in captured["placeholders"].items() if t is not None}
+    side_dir = Path(side_dir)
+    before = set(side_dir.iterdir()) if side_dir.is_dir() else set()
     try:
-        bind_constants(model, set(placeholders), lambda p: tensors.array(placeholders[p]),
-                       lambda p: tensors.info[placeholders[p]].dtype == "BF16")
-    except ModelError as exc:
-        raise NotStreamable(str(exc)) from exc
+        captured: dict[str, Any] = {}
+        with _exporter_patched(tensors, trust_remote_code, captured, packed):
+            export_float_ir(model_id, side_dir, task, trust_remote_code, expect_ir=False)
+        model = captured.get("model")
+        if model is None:
+            raise NotStreamable("the exporter produced no model")
+        placeholders = {p: t for p, t in captured["placeholders"].items() if t is not None}
+        try:
+            bind_constants(model, set(placeholders), lambda p: tensors.array(placeholders[p]),
+                           lambda p: tensors.info[placeholders[p]].dtype == "BF16")
+        except ModelError as exc:
+            raise NotStreamable(str(exc)) from exc
+    except NotStreamable:
+        for item in side_dir.iterdir() if side_dir.is_dir() else ():
+            if item.is_file() and item not in before:
+                item.unlink()
+        raise
     return model, placeholders
 
 
@@ -166,7 +175,4 @@ def try_export_float_model(model_id, side_dir: Path, task=None, trust_remote_cod
         return model, CheckpointWeights(tensors, placeholders)
     except NotStreamable as exc:
         logger.info("Not streaming the weights of %s (%s): exporting a float IR first.", model_id, exc)
-        for item in side_dir.iterdir() if side_dir.is_dir() else ():
-            if item.is_file():
-                item.unlink()
         return None

@@ -94,7 +94,7 @@ def scale_gated_linear_rows(producer, consumers, factor: np.ndarray, context: di
 
 
 def _scale_rows(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    return np.array(w, dtype=np.float32) * factor
+    return np.asarray(w, dtype=np.float32) * factor
 
 
 def insert_activation_scale(producer, consumers, factor: np.ndarray, context: dict) -> None:

@@ -23,7 +23,7 @@ import openvino.opset13 as ops
 from openvino import op as ov_op
 
 from ..config import CompressWeightsMode
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..quant.bitpack import pack_nibbles
 from ..quant.lowering import CompressedWeight
 from .sites import FLOAT_TYPES, LOOK_THROUGH, WeightSite, weight_of
@@ -100,6 +100,29 @@ def subgraph_from_arrays(arrays: dict, group_size: int, original_shape: tuple[in
         shape = ops.constant(np.array(original_shape, dtype=np.int64), name=f"{name}/reshape/shape")
         weight = ops.reshape(weight, shape, special_zero=False, name=f"{name}/reshape")
     return weight
+
+
+def place_placeholders(items: list[tuple]) -> tuple[dict[str, Any], np.ndarray]:
+    """Swap each site's float constant for its decompression subgraph over *placeholder* constants.
+
+    ``items``: ``(owner, site, mode, codes shape, scale shape, group size)``.
+    The placeholders are views of one zero buffer, so the graph gets its final
+    structure before any codes exist; whoever owns a constant writes its real
+    bytes later.  Returns ``{constant name: owner}`` and the buffer (keep it
+    alive while the graph is used or serialized).
+    """
+    largest = max((int(np.prod(c)) + 2 * int(np.prod(s)) for _, _, _, c, s, _ in items), default=0)
+    zeros = np.zeros(largest + 1, dtype=np.uint8)
+    owners: dict[str, Any] = {}
+    for owner, site, mode, codes_shape, scale_shape, group_size in items:
+        arrays = placeholder_arrays(mode, codes_shape, scale_shape, site.name, zeros)
+        new = subgraph_from_arrays(arrays, group_size, site.shape, site.name, shared=True)
+        replace_with_compressed(site, None, new)
+        for name in arrays:
+            if name in owners:
+                raise ConfigError(f"two weights would both write a constant named {name!r}; rename one of them.")
+            owners[name] = owner
+    return owners, zeros
 
 
 def decompression_subgraph(cw: CompressedWeight, name: str):

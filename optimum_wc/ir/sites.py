@@ -50,7 +50,7 @@ class WeightSite:
     op_names: list[str] = field(default_factory=list)  # consumers, first one first
     op_types: list[str] = field(default_factory=list)
     op_indices: list[int] = field(default_factory=list)  # topological positions of the consumers
-    # float32 -> float32 edits not yet made to the constant: read_weight applies them (see defer_float_weight)
+    # float32 -> float32 edits not yet made to the constant: read_weight applies them (see edit_float_weight)
     pending: list[Callable[[np.ndarray], np.ndarray]] = field(default_factory=list)
 
     @property
