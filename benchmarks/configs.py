@@ -34,13 +34,15 @@ class BenchConfig:
     """One compression setting, given identically to both engines."""
 
     name: str
-    mode: str  # int8_asym | int8_sym | int4_sym | int4_asym
-    group_size: int | None = None  # INT4 only
+    mode: str  # any CompressWeightsMode value
+    group_size: int | None = None  # not for INT8 (None: the mode's default)
     ratio: float = 1.0  # INT4 only
     all_layers: bool = False  # INT4 only
     data_aware: tuple[str, ...] = ()  # e.g. ("awq", "scale_estimation"); needs --calib-text
     sensitivity_metric: str | None = None  # e.g. "max_activation_variance"; needs --calib-text
     subset_size: int = 128  # calibration samples, for data-aware configs
+    codebook: tuple[float, ...] | None = None  # mode "codebook" only
+    data: bool = False  # give the dataset even without a data-aware algorithm (adaptive codebook)
 
     @property
     def is_int8(self) -> bool:
@@ -48,7 +50,7 @@ class BenchConfig:
 
     @property
     def needs_data(self) -> bool:
-        return bool(self.data_aware) or self.sensitivity_metric not in (None, "weight_quantization_error")
+        return bool(self.data_aware) or self.data or self.sensitivity_metric not in (None, "weight_quantization_error")
 
     @property
     def time_target(self) -> float:
@@ -58,7 +60,7 @@ class BenchConfig:
         """A short human description, e.g. ``int4_asym, group 128, ratio 0.8``."""
         parts = [self.mode]
         if not self.is_int8:
-            parts += [f"group {self.group_size}", f"ratio {self.ratio}"]
+            parts += [f"group {self.group_size if self.group_size is not None else 'default'}", f"ratio {self.ratio}"]
             if self.all_layers:
                 parts.append("all layers")
         parts += list(self.data_aware)
@@ -77,6 +79,8 @@ class BenchConfig:
             kwargs[option] = True
         if self.sensitivity_metric:
             kwargs["sensitivity_metric"] = self.sensitivity_metric
+        if self.codebook is not None:
+            kwargs["codebook"] = self.codebook
         if self.needs_data:
             kwargs["subset_size"] = self.subset_size
             kwargs["dataset"] = dataset
@@ -92,14 +96,18 @@ class BenchConfig:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
+        import numpy as np
+
         kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode(self.mode)}
         if not self.is_int8:
+            fixed_group = self.mode in ("mxfp4", "mxfp8_e4m3", "nvfp4")  # NNCF refuses ADJUST for these
             kwargs.update(
                 ratio=self.ratio,
                 group_size=self.group_size,
                 all_layers=self.all_layers,
                 advanced_parameters=AdvancedCompressionParameters(
-                    group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
+                    group_size_fallback_mode=GroupSizeFallbackMode.ERROR if fixed_group else GroupSizeFallbackMode.ADJUST,
+                    codebook=None if self.codebook is None else np.array(self.codebook, dtype=np.float32),
                 ),
             )
         for option in self.data_aware:
@@ -122,6 +130,21 @@ DATA_FREE_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int4_asym_g64_r1.0_all_layers", "int4_asym", group_size=64, ratio=1.0, all_layers=True),
 )
 
+# Every other NNCF format, data-free, at NNCF's default group size and backup precision (issue 13).
+E2M1_TABLE = (-6.0, -4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+FORMAT_CONFIGS: tuple[BenchConfig, ...] = (
+    BenchConfig("int3_sym_g128", "int3_sym", group_size=128),
+    BenchConfig("int2_sym_g128", "int2_sym", group_size=128),
+    BenchConfig("nf4_g128", "nf4", group_size=128),
+    BenchConfig("fp4_g128", "fp4", group_size=128),
+    BenchConfig("fp8_e4m3_g128", "fp8_e4m3", group_size=128),
+    BenchConfig("mxfp4", "mxfp4"),
+    BenchConfig("mxfp8_e4m3", "mxfp8_e4m3"),
+    BenchConfig("nvfp4", "nvfp4"),
+    BenchConfig("cb4", "cb4"),
+    BenchConfig("codebook_e2m1_g128", "codebook", group_size=128, codebook=E2M1_TABLE),
+)
+
 # Data-aware configs (issue 5): int4_asym g128 r1.0 unless noted; calibrated on --calib-text.
 DATA_AWARE_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int4_asym_g128_r0.8_hessian", "int4_asym", group_size=128, ratio=0.8,
@@ -130,9 +153,12 @@ DATA_AWARE_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int4_asym_g128_gptq", "int4_asym", group_size=128, data_aware=("gptq",)),
     BenchConfig("int4_asym_g128_gptq_se", "int4_asym", group_size=128, data_aware=("gptq", "scale_estimation")),
     BenchConfig("int4_asym_g128_lora", "int4_asym", group_size=128, data_aware=("lora_correction",)),
+    BenchConfig("nf4_g128_awq_se", "nf4", group_size=128, data_aware=("awq", "scale_estimation")),
+    BenchConfig("cb4_awq_se", "cb4", data_aware=("awq", "scale_estimation")),
+    BenchConfig("adaptive_codebook", "adaptive_codebook", data=True),
 )
-CONFIGS: dict[str, BenchConfig] = {c.name: c for c in DATA_FREE_CONFIGS + DATA_AWARE_CONFIGS}
-DEFAULT_CONFIGS: tuple[str, ...] = tuple(c.name for c in DATA_FREE_CONFIGS + DATA_AWARE_CONFIGS)
+CONFIGS: dict[str, BenchConfig] = {c.name: c for c in DATA_FREE_CONFIGS + FORMAT_CONFIGS + DATA_AWARE_CONFIGS}
+DEFAULT_CONFIGS: tuple[str, ...] = tuple(CONFIGS)
 
 
 def select_configs(names: str | None) -> list[BenchConfig]:

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from .configs import CONFIGS, DATA_AWARE_CONFIGS, DATA_FREE_CONFIGS, select_configs
+from .configs import CONFIGS, select_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION_TEXT = ROOT / "optimum_wc" / "data" / "pride_and_prejudice_ch1-4.txt"
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
-    names = [c.name for c in select_configs(args.configs)] if args.configs else [
-        c.name for c in DATA_FREE_CONFIGS + DATA_AWARE_CONFIGS]
+    names = [c.name for c in select_configs(args.configs)] if args.configs else list(CONFIGS)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = smollm2_rows(args.work, names)
     if not args.no_prequantized:

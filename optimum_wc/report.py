@@ -22,7 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .config import WeightCompressionConfig
+from .config import CompressWeightsMode, WeightCompressionConfig
 from .errors import OptimumWCError
 from .ir.rt_info import read_prequantized_info, read_rt_info
 from .layout import IR_BIN, IR_XML, REPORT_FILE
@@ -105,8 +105,14 @@ def _label(record: Mapping[str, Any]) -> str:
     return f"{record['mode']}, {'per-channel' if gs == -1 else f'group size {gs}'}"
 
 
-def _bits(mode: str) -> int:
-    return 4 if mode.startswith("int4") else 8 if mode.startswith("int8") else 32
+def _bits(mode: str, codebook_size: int | None = None) -> int:
+    """Bits per stored weight of a mode (or of a table label ``"<mode>, ..."``): 32 for float."""
+    mode = mode.split(",")[0]
+    if mode == "float":
+        return 32
+    if codebook_size is not None and codebook_size > 16:
+        return 8
+    return CompressWeightsMode(mode).num_bits
 
 
 def bitwidth_table(records: Sequence[Mapping[str, Any]]) -> str:
@@ -151,15 +157,15 @@ def totals(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         entry["share_of_weights"] = round(entry["num_weights"] / total, 6) if total else 0.0
         entry["share_of_ratio_defining_weights"] = round(entry["ratio_defining_weights"] / total_rd, 6) if total_rd else 0.0
     by_bits: dict[str, int] = OrderedDict()
-    for r in sorted(layers, key=lambda r: _bits(r["mode"])):
-        key = "float" if r["mode"] == "float" else f"{_bits(r['mode'])}-bit"
+    for r in sorted(layers, key=lambda r: _bits(r["mode"], r.get("codebook_size"))):
+        key = "float" if r["mode"] == "float" else f"{_bits(r['mode'], r.get('codebook_size'))}-bit"
         by_bits[key] = by_bits.get(key, 0) + r["num_weights"]
     errors = [(r["relative_error"], r["num_weights"]) for r in layers if r["mode"] != "float" and r.get("relative_error") is not None]
     weighted = sum(e * n for e, n in errors) / sum(n for _, n in errors) if errors else None
     worst = max((r for r in layers if r["mode"] != "float" and r.get("relative_error") is not None),
                 key=lambda r: r["relative_error"], default=None)
     bits_per_weight = (
-        sum(_bits(r["mode"]) * r["num_weights"] for r in layers) / total if total else None
+        sum(_bits(r["mode"], r.get("codebook_size")) * r["num_weights"] for r in layers) / total if total else None
     )
     return {
         "layers": len(layers),

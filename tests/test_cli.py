@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optimum_wc import ConfigError
@@ -192,7 +193,7 @@ def test_examples_evaluate(cli_int4, llama_ir):
     "args, fragment",
     [
         (["export", "m", "o", "--bogus"], "unrecognized arguments: --bogus"),
-        (["export", "m", "o", "--weight-format", "int3"], "invalid choice: 'int3'"),
+        (["export", "m", "o", "--weight-format", "int5"], "invalid choice: 'int5'"),
         (["export", "m", "o", "--weight-format", "int4", "--ratio", "1.7"], "ratio=1.7 must be a number in [0, 1]"),
         (["export", "m", "o", "--weight-format", "int4", "--group-size", "0"], "group_size=0 is not allowed"),
         (["export", "m", "o", "--weight-format", "int8", "--group-size", "64"], "not allowed with mode=int8_asym"),
@@ -307,6 +308,58 @@ def _args(*argv: str) -> argparse.Namespace:
     from optimum_wc.cli import build_parser
 
     return build_parser().parse_args(["export", "model", "out", *argv])
+
+
+@pytest.mark.parametrize("argv, mode, group_size", [
+    (("--weight-format", "nf4"), "nf4", 128),
+    (("--weight-format", "mxfp4"), "mxfp4", 32),
+    (("--weight-format", "cb4"), "cb4", -1),
+    (("--weight-format", "fp8"), "fp8_e4m3", 128),
+    (("--weight-format", "f8e4m3", "--group-size", "64"), "fp8_e4m3", 64),
+    (("--weight-format", "mxfp8"), "mxfp8_e4m3", 32),
+    (("--weight-format", "nvfp4"), "nvfp4", 16),
+    (("--weight-format", "int3"), "int3_sym", 128),
+    (("--weight-format", "INT2"), "int2_sym", 128),
+    (("--weight-format", "fp4", "--ratio", "0.8"), "fp4", 128),
+    (("--mode", "mxfp8_e4m3"), "mxfp8_e4m3", 32),
+    (("--weight-format", "nf4", "--mode", "nf4"), "nf4", 128),
+])
+def test_every_weight_format_spelling(argv, mode, group_size):
+    from optimum_wc.cli.options import config_from_args
+
+    c = config_from_args(_args(*argv))
+    assert (c.mode.value, c.effective_group_size) == (mode, group_size)
+
+
+def test_codebook_from_a_file(tmp_path):
+    from optimum_wc.cli.options import UsageError, config_from_args
+
+    for name, text in (("cb.json", "[-2, -0.5, 0, 0.5, 2]"), ("cb.txt", "-2 -0.5\n0, 0.5\n2\n")):
+        (tmp_path / name).write_text(text)
+        c = config_from_args(_args("--weight-format", "codebook", "--codebook", str(tmp_path / name)))
+        assert c.mode.value == "codebook" and c.codebook == (-2.0, -0.5, 0.0, 0.5, 2.0)
+    np.save(tmp_path / "cb.npy", np.array([-1, 0, 1], dtype=np.float32))
+    assert config_from_args(_args("--weight-format", "codebook", "--codebook", str(tmp_path / "cb.npy"))).codebook == (-1, 0, 1)
+    with pytest.raises(UsageError, match="no such file"):
+        config_from_args(_args("--weight-format", "codebook", "--codebook", str(tmp_path / "nope.json")))
+    (tmp_path / "bad.txt").write_text("one two")
+    with pytest.raises(UsageError, match="not a list of numbers"):
+        config_from_args(_args("--weight-format", "codebook", "--codebook", str(tmp_path / "bad.txt")))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (("--weight-format", "nf4", "--sym"), "--sym applies to integer formats"),
+    (("--mode", "mxfp4", "--sym"), "--sym applies to integer formats"),
+    (("--weight-format", "nf4", "--mode", "cb4"), "contradicts --weight-format nf4"),
+    (("--weight-format", "mxfp4", "--awq", "--dataset", "auto"), "awq=True is not available with mode=mxfp4"),
+    (("--weight-format", "codebook",), "mode=codebook needs codebook="),
+])
+def test_format_usage_errors(argv, fragment):
+    from optimum_wc.cli.options import config_from_args
+    from optimum_wc.errors import OptimumWCError
+
+    with pytest.raises(OptimumWCError, match=re.escape(fragment)):
+        config_from_args(_args(*argv))
 
 
 def test_flags_map_to_the_config():

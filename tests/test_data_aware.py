@@ -15,6 +15,7 @@ from optimum_wc.calibration.samples import prepare_samples
 from optimum_wc.config import CompressWeightsMode as M
 from optimum_wc.ir.rt_info import read_rt_info
 from optimum_wc.ir.sites import find_weight_sites
+from optimum_wc.quant.formats import codebook_of, format_of
 from optimum_wc.quant.lowering import dequantize, quantize
 from optimum_wc.quant.scale_estimation import estimate_scales
 from optimum_wc.calibration.statistics import collect_statistics
@@ -36,11 +37,16 @@ def output_error(w, deq, x) -> float:
     return float(np.vdot(d, d))
 
 
-@pytest.mark.parametrize("mode, gs", [(M.INT4_ASYM, 32), (M.INT4_SYM, 32), (M.INT4_ASYM, -1), (M.INT8_ASYM, -1)])
+@pytest.mark.parametrize("mode, gs", [(M.INT4_ASYM, 32), (M.INT4_SYM, 32), (M.INT4_ASYM, -1), (M.INT8_ASYM, -1),
+                                      (M.NF4, 32), (M.NF4, -1), (M.CB4, -1), (M.CB4, 32), (M.INT3_SYM, 32),
+                                      (M.INT2_SYM, 32)])
 def test_scale_estimation_beats_rtn_on_outliers(mode, gs):
     w, x = outlier_layer()
-    rtn = output_error(w, dequantize(quantize(w, mode, gs, 1)), x)
-    se = estimate_scales(w, x, mode, gs, axis=1)
+    codebook = codebook_of(mode)
+    rtn = output_error(w, dequantize(quantize(w, mode, gs, 1, codebook=codebook)), x)
+    se = estimate_scales(w, x, mode, gs, axis=1, codebook=codebook)
+    if not mode.is_integer:  # the codes stay the format's own (NF4 levels, codebook indices)
+        assert se.codes.dtype == np.uint8 and se.codes.max() < 16 and se.format.code_type == format_of(mode).code_type
     err = output_error(w, dequantize(se), x)
     assert err < rtn * 0.97, (err, rtn)
     assert np.all(np.isfinite(se.scale)) and np.array_equal(se.scale, se.scale.astype(np.float16).astype(np.float32))
@@ -61,13 +67,15 @@ def test_scale_estimation_on_transposed_weight_matches_untransposed():
     assert np.allclose(dequantize(a), dequantize(b).T)
 
 
-def test_awq_scales_beat_rtn_on_outliers():
+@pytest.mark.parametrize("mode", [M.INT4_ASYM, M.NF4, M.CB4, M.INT3_SYM])
+def test_awq_scales_beat_rtn_on_outliers(mode):
     w, x = outlier_layer(3)
     mean_abs = np.abs(x).mean(axis=0)
-    s, alpha, rel = search_scales([w], [32], x, mean_abs, M.INT4_ASYM)
+    codebook = codebook_of(mode)
+    s, alpha, rel = search_scales([w], [32], x, mean_abs, mode, codebook)
     assert alpha > 0 and rel < 0.97
     ones = np.ones(w.shape[1], np.float32)
-    assert awq_loss([w], [32], x, s, M.INT4_ASYM) < awq_loss([w], [32], x, ones, M.INT4_ASYM)
+    assert awq_loss([w], [32], x, s, mode, codebook) < awq_loss([w], [32], x, ones, mode, codebook)
     assert np.isclose(s.max() * s.min(), 1.0, rtol=1e-4) and np.argmax(s) == w.shape[1] - 1
 
 
@@ -302,3 +310,35 @@ def test_spilled_constants_give_the_same_bytes(llama_ir, tokenizer, read_ir, tmp
         assert (arena.used >= integer_bytes) if capacity > 4096 else (0 < arena.used <= 4096), (arena.used, integer_bytes)
     assert (tmp_path / "spilled.bin").read_bytes() == (tmp_path / "memory.bin").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.bin", "memory.xml", "spilled.bin", "spilled.xml"]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(mode="nf4", awq=True, scale_estimation=True),
+    dict(mode="cb4", group_size=32, awq=True, scale_estimation=True),
+    dict(mode="codebook", codebook=[-3, -2, -1.2, -0.6, -0.2, 0, 0.2, 0.6, 1.2, 2, 3], scale_estimation=True),
+    dict(mode="int3_sym", scale_estimation=True),
+    dict(mode="nf4", gptq=True),
+    dict(mode="cb4", lora_correction=True),
+    dict(mode="int2_sym", gptq=True, scale_estimation=True),
+])
+def test_data_aware_algorithms_on_the_other_formats(llama_ir, tokenizer, read_ir, kwargs):
+    """Each runs end to end, keeps its format in the IR, and beats round to nearest on the calibration text."""
+    kwargs = dict(kwargs)
+    kwargs.setdefault("group_size", 32)
+    calib = dict(dataset=str(CALIB), subset_size=8, sample_length=32)
+    samples = prepare_samples(str(CALIB), tokenizer, subset_size=8, sample_length=32)
+    ids = np.stack(samples[:2]).astype(np.int64)
+    ref = run_logits(read_ir(llama_ir), ids)
+    rtn_kwargs = {k: v for k, v in kwargs.items() if k not in ("awq", "scale_estimation", "gptq", "lora_correction")}
+    rtn = run_logits(compress_model(read_ir(llama_ir), WeightCompressionConfig(**rtn_kwargs)), ids)
+    model = compress_model(read_ir(llama_ir), WeightCompressionConfig(**kwargs, **calib), tokenizer=tokenizer)
+    out = run_logits(model, ids)
+    _, layers = read_rt_info(model)
+    assert sum(l["mode"] == kwargs["mode"] for l in layers) == 14
+    codes = {op.get_friendly_name(): op.get_element_type().get_type_name() for op in model.get_ops()
+             if op.get_type_name() == "Constant"}
+    fmt = format_of(M(kwargs["mode"]))
+    key = "{}_nncf_codebook_idxs" if fmt.codebook else "{}"
+    assert {codes[key.format(l["name"])] for l in layers if l["mode"] == kwargs["mode"]} == {fmt.code_type}
+    err = lambda y: float(np.linalg.norm(y - ref))  # noqa: E731
+    assert err(out) < err(rtn), (err(out), err(rtn))

@@ -16,6 +16,7 @@ from optimum_wc.ir.rt_info import read_rt_info
 from optimum_wc.ir.sites import read_weight
 from optimum_wc.quant.gptq import gptq_quantize
 from optimum_wc.quant.lora import fit_lora
+from optimum_wc.quant.formats import codebook_of
 from optimum_wc.quant.lowering import asymmetric_params, dequantize, levels, quantize, symmetric_scale
 
 CALIB = CALIBRATION_TEXT
@@ -92,14 +93,17 @@ def test_gptq_does_not_depend_on_the_block_size(block):
     assert np.array_equal(a.codes, b.codes) and np.array_equal(a.scale, b.scale)
 
 
-@pytest.mark.parametrize("mode, gs", CASES)
+@pytest.mark.parametrize("mode, gs", CASES + [(M.NF4, 32), (M.NF4, -1), (M.CB4, 16), (M.INT3_SYM, 16), (M.INT2_SYM, 32)])
 def test_gptq_beats_rtn(mode, gs):
+    cb = codebook_of(mode)
     for w, x in (outlier_layer(), correlated_layer()):
         h = hessian(x)
-        rtn = output_error(w, dequantize(quantize(w, mode, gs, 1)), x)
-        plain = output_error(w, dequantize(gptq_quantize(w, h, mode, gs, axis=1)), x)
-        se = output_error(w, dequantize(gptq_quantize(w, h, mode, gs, axis=1, scale_estimation=True)), x)
-        assert plain < rtn and se <= plain * (1 + 1e-6), (rtn, plain, se)
+        rtn = output_error(w, dequantize(quantize(w, mode, gs, 1, codebook=cb)), x)
+        plain = output_error(w, dequantize(gptq_quantize(w, h, mode, gs, axis=1, codebook=cb)), x)
+        se = output_error(w, dequantize(gptq_quantize(w, h, mode, gs, axis=1, scale_estimation=True, codebook=cb)), x)
+        # at 2 bits plain GPTQ may lose to RTN on outlier inputs (its group ranges come from weights the
+        # compensation already pushed); with scale estimation it must win
+        assert (plain < rtn or mode.num_bits == 2) and se <= plain * (1 + 1e-6) and se < rtn, (rtn, plain, se)
     assert plain < 0.8 * rtn  # correlated inputs: a large gain
 
 
@@ -116,10 +120,10 @@ def test_gptq_transposed_weight_and_layout():
     assert np.array_equal(a.scale, a.scale.astype(np.float16).astype(np.float32))
 
 
-@pytest.mark.parametrize("mode, gs", CASES)
+@pytest.mark.parametrize("mode, gs", CASES + [(M.NF4, 32), (M.CB4, -1), (M.INT3_SYM, 16)])
 def test_lora_correction_beats_rtn(mode, gs):
     for w, x, strict in ((*outlier_layer(), True), (*correlated_layer(), False)):
-        base = dequantize(quantize(w, mode, gs, 1))
+        base = dequantize(quantize(w, mode, gs, 1, codebook=codebook_of(mode)))
         rtn = output_error(w, base, x)
         adapter = fit_lora(w, base, hessian(x), rank=8)
         err = rtn if adapter is None else output_error(w, base + dequantize(adapter.b) @ dequantize(adapter.a), x)

@@ -31,6 +31,16 @@ CONFIGS = {
     "int4_sym_channel_all": dict(mode="int4_sym", group_size=-1, all_layers=True),
     "int4_backup_none_ignored": dict(mode="int4_asym", group_size=32, ratio=0.6, backup_mode="none",
                                      ignored_scope={"patterns": [".*layers\\.0\\..*down_proj.*"]}),
+    # every other format: sub-byte codes, E8M0 / E4M3 scales, NVFP4's second-level scale, codebooks
+    "int3_sym_g32": dict(mode="int3_sym", group_size=32),
+    "int2_sym_g32_r0.7": dict(mode="int2_sym", group_size=32, ratio=0.7),
+    "nf4_g32_all": dict(mode="nf4", group_size=32, all_layers=True),
+    "fp4_g32_r0.6": dict(mode="fp4", group_size=32, ratio=0.6),
+    "mxfp4_r0.6": dict(mode="mxfp4", ratio=0.6),
+    "nvfp4_all": dict(mode="nvfp4", all_layers=True),
+    "cb4": dict(mode="cb4"),
+    "codebook_g32": dict(mode="codebook", group_size=32, codebook=[-3, -1.5, -0.5, 0, 0.5, 1.5, 3]),
+    "adaptive_codebook_g32": dict(mode="adaptive_codebook", group_size=32),
 }
 # optimum-intel's exporter names one KV-cache tensor nondeterministically, and OpenVINO numbers unnamed models
 # and nodes with process-wide counters: XML compared across two exports in one process leaves those out.

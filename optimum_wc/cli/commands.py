@@ -106,9 +106,10 @@ def cmd_export(args: argparse.Namespace) -> dict:
 def _describe(config: WeightCompressionConfig | None) -> str:
     if config is None:
         return "weights kept float"
-    parts = [config.mode.value, f"group size {config.effective_group_size}" if config.mode.num_bits == 4 else "per-channel"]
+    gs = config.effective_group_size
+    parts = [config.mode.value, f"group size {gs}" if gs != -1 else "per-channel"]
     if config.ratio != 1:
-        parts.append(f"ratio {config.ratio} (backup {config.backup_mode.value})")
+        parts.append(f"ratio {config.ratio} (backup {config.effective_backup_mode.value})")
     parts += [name.replace("_", " ") for name in ("awq", "scale_estimation", "gptq", "lora_correction") if getattr(config, name)]
     return ", ".join(parts)
 

@@ -14,10 +14,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import BackupMode, CompressWeightsMode, GroupSizeFallback, SensitivityMetric, WeightCompressionConfig
+from ..config import (
+    WEIGHT_FORMAT_MODES,
+    BackupMode,
+    CompressWeightsMode,
+    GroupSizeFallback,
+    SensitivityMetric,
+    WeightCompressionConfig,
+    mode_of_weight_format,
+)
 from ..errors import ExportError, OptimumWCError
 
-WEIGHT_FORMATS = ("fp32", "int8", "int4")
+# --weight-format spellings: optimum-cli's, one short name per NNCF mode, and fp32 (no compression).
+WEIGHT_FORMATS = {"fp32": None, **WEIGHT_FORMAT_MODES}
 TEXT_GENERATION_TASKS = ("text-generation-with-past", "text-generation")
 
 
@@ -37,22 +46,28 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 def add_compression_options(parser: argparse.ArgumentParser) -> None:
     """The weight-compression flags of ``optimum-cli export openvino``, plus ``--mode`` and ``--ignored-scope``."""
     g = parser.add_argument_group("Weight compression (the flags of `optimum-cli export openvino`)")
-    g.add_argument("--weight-format", choices=WEIGHT_FORMATS, default=None,
-                   help="int8 or int4 weights (default int8, as optimum-cli for models over 1B parameters); "
+    g.add_argument("--weight-format", choices=list(WEIGHT_FORMATS), default=None, type=str.lower,
+                   help="int8 (default, as optimum-cli for models over 1B parameters), int4, int3, int2, nf4, fp4, "
+                        "fp8 (f8e4m3), mxfp4, mxfp8, nvfp4, cb4, codebook (with --codebook) or adaptive_codebook; "
                         "fp32 keeps the weights float")
     g.add_argument("--mode", choices=[m.value for m in CompressWeightsMode], default=None, type=str.lower,
                    help="the exact mode, instead of --weight-format and --sym")
     g.add_argument("--sym", action="store_true", default=None,
-                   help="symmetric quantization of the primary precision (default asymmetric)")
+                   help="symmetric int8/int4 quantization of the primary precision (default asymmetric)")
+    g.add_argument("--codebook", type=Path, default=None, metavar="FILE",
+                   help="the look-up table of --weight-format codebook: a file of sorted numbers (JSON list, .npy, "
+                        "or text separated by spaces, commas or new lines)")
     g.add_argument("--group-size", type=int, default=None,
-                   help="INT4 group size (default 128); -1 for one scale per output channel")
+                   help="group size (default: 128 for int4/int3/int2/nf4/fp4/fp8, 32 for mxfp4/mxfp8, 16 for "
+                        "nvfp4, per channel for int8 and codebooks); -1 for one scale per output channel")
     g.add_argument("--group-size-fallback", choices=[f.value for f in GroupSizeFallback], default=None,
                    help="layers the group size does not divide: adjust (default: the largest power-of-two divisor "
                         ">= 32, else backup precision), ignore (backup precision) or error")
     g.add_argument("--ratio", type=float, default=None,
                    help="share of the weights in 4 bits, the rest in --backup-precision (default 1.0)")
     g.add_argument("--backup-precision", choices=[b.value for b in BackupMode], default=None,
-                   help="precision of the weights that are not 4-bit (default int8_asym; none keeps them float)")
+                   help="precision of the weights outside the primary format (default int8_asym; mxfp8_e4m3 for "
+                        "mxfp4/mxfp8, fp8_e4m3 for fp4/fp8; none keeps them float)")
     g.add_argument("--all-layers", action="store_true", default=None,
                    help="also put the embeddings and the last MatMul (lm_head) in 4 bits")
     g.add_argument("--sensitivity-metric", choices=[m.value for m in SensitivityMetric], default=None, type=str.lower,
@@ -136,7 +151,7 @@ def parse_ignored_scope(specs: list[str] | None) -> dict[str, list[str]] | None:
 
 
 _COMPRESSION_FLAGS = {
-    "sym": "--sym", "group_size": "--group-size", "group_size_fallback": "--group-size-fallback", "ratio": "--ratio",
+    "sym": "--sym", "codebook": "--codebook", "group_size": "--group-size", "group_size_fallback": "--group-size-fallback", "ratio": "--ratio",
     "backup_precision": "--backup-precision", "all_layers": "--all-layers", "sensitivity_metric": "--sensitivity-metric",
     "dataset": "--dataset", "num_samples": "--num-samples", "awq": "--awq", "scale_estimation": "--scale-estimation",
     "gptq": "--gptq", "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
@@ -157,14 +172,10 @@ def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None
             extra = ", ".join(([f"--mode {mode}"] if mode else []) + given)
             raise UsageError(f"--weight-format fp32 keeps the weights float, so {extra} cannot apply; drop them or choose int8/int4.")
         return None
-    if mode is not None:
-        if fmt is not None and not mode.startswith(fmt):
-            raise UsageError(f"--mode {mode} contradicts --weight-format {fmt}; give only one of them.")
-        if args.sym and mode.endswith("_asym"):
-            raise UsageError(f"--sym contradicts --mode {mode}; use --mode {mode.replace('_asym', '_sym')}.")
-    else:
-        mode = f"{fmt or 'int8'}_{'sym' if args.sym else 'asym'}"
+    mode = _mode_of(fmt, mode, bool(args.sym))
     kwargs: dict[str, Any] = {"mode": mode}
+    if getattr(args, "codebook", None) is not None:
+        kwargs["codebook"] = read_codebook(args.codebook)
     for name, key in (("group_size", "group_size"), ("ratio", "ratio"), ("backup_precision", "backup_mode"),
                       ("all_layers", "all_layers"), ("sensitivity_metric", "sensitivity_metric"),
                       ("group_size_fallback", "group_size_fallback"), ("awq", "awq"),
@@ -182,6 +193,40 @@ def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None
     if scope is not None:
         kwargs["ignored_scope"] = scope
     return WeightCompressionConfig(**kwargs)
+
+
+def _mode_of(fmt: str | None, mode: str | None, sym: bool) -> str:
+    """The mode of ``--weight-format`` / ``--mode`` / ``--sym`` (default int8_asym), or a UsageError."""
+    if mode is not None:
+        implied = WEIGHT_FORMATS.get(fmt) if fmt else None
+        if fmt is not None and not mode.startswith(implied):
+            raise UsageError(f"--mode {mode} contradicts --weight-format {fmt}; give only one of them.")
+        if sym and mode.endswith("_asym"):
+            raise UsageError(f"--sym contradicts --mode {mode}; use --mode {mode.replace('_asym', '_sym')}.")
+        if sym and not mode.startswith("int"):
+            raise UsageError(f"--sym applies to integer formats, not --mode {mode}; drop --sym.")
+        return mode
+    if sym and not WEIGHT_FORMATS[fmt or "int8"].startswith("int"):
+        raise UsageError(f"--sym applies to integer formats, not --weight-format {fmt}; drop --sym.")
+    return mode_of_weight_format(fmt or "int8", sym).value
+
+
+def read_codebook(path: Path) -> list[float]:
+    """The numbers of a codebook file: a JSON list, a NumPy .npy array, or text separated by spaces/commas/new lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--codebook {path}: no such file; give a file of sorted numbers, e.g. a JSON list.")
+    try:
+        if path.suffix == ".npy":
+            import numpy as np
+
+            return [float(v) for v in np.load(path, allow_pickle=False).reshape(-1)]
+        text = path.read_text(encoding="utf-8").strip()
+        if text.startswith("["):
+            return [float(v) for v in json.loads(text)]
+        return [float(v) for v in text.replace(",", " ").split()]
+    except (ValueError, TypeError, OSError) as exc:
+        raise UsageError(f"--codebook {path} is not a list of numbers ({exc}); write e.g. [-1, -0.5, 0, 0.5, 1].") from exc
 
 
 def _looks_like_path(value: str) -> bool:

@@ -52,7 +52,7 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode, lazy: bool = False
 
     def search(item):
         _key, members, _producer, _consumers, st, weights = item
-        return search_scales(weights, [p.group_size for p in members], st.rows, st.mean_abs, mode)
+        return search_scales(weights, [p.group_size for p in members], st.rows, st.mean_abs, mode, members[0].codebook)
 
     # A group's search reads only its own weights, which no later group edits (absorbers are upstream
     # producers), so searches run ahead on the thread pool and edits are applied here, in order.

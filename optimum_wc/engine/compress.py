@@ -78,7 +78,8 @@ def compress_model(
     if config.needs_data:
         samples = prepare_samples(data, tokenizer, config.subset_size, config.sample_length, ov_model=ov_model)
         logger.info("Calibrating on %d samples of up to %d tokens.", len(samples), config.sample_length)
-        if config.awq or step.statistics or config.sensitivity_needs_data:  # layer-wise steps need only their passes
+        if config.awq or step.statistics or config.sensitivity_needs_data or config.codebook_needs_data:
+            # (layer-wise steps need only their passes)
             stats = collect_statistics(ov_model, sites, samples, raw_rows=RAW_ROWS if config.awq or step.statistics else 0,
                                        progress=progress, cache_path=statistics_path,
                                        gram_block=GRAM_BLOCK if step.statistics else 0)

@@ -12,8 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ..config import (
     MIN_ADJUSTED_GROUP_SIZE,
+    BackupMode,
     CompressWeightsMode,
     GroupSizeFallback,
     IgnoredScope,
@@ -21,6 +24,7 @@ from ..config import (
 )
 from ..errors import ConfigError, GroupSizeError
 from ..ir.sites import WeightSite
+from ..quant.formats import codebook_of
 
 
 @dataclass
@@ -32,6 +36,7 @@ class LayerPlan:
     group_size: int
     ratio_defining: bool = False
     note: str = ""  # why it is not in the primary mode, or that its group size was adjusted
+    codebook: np.ndarray | None = None  # the float32 look-up table of a codebook mode
 
     def is_primary_matmul(self, mode: CompressWeightsMode) -> bool:
         """A 2-D MatMul weight planned in ``mode``: what AWQ and the data-aware per-layer steps work on."""
@@ -47,6 +52,7 @@ class LayerPlan:
             "num_weights": self.site.num_weights,
             "mode": self.mode.value if self.mode else "float",
             "group_size": self.group_size if self.mode else None,
+            **({"codebook_size": len(self.codebook)} if self.codebook is not None else {}),
             "ratio_defining": self.ratio_defining,
             "note": self.note,
             "relative_error": None if self.mode else 0.0,
@@ -99,15 +105,15 @@ def plan_layers(
 ) -> list[LayerPlan]:
     """Decide mode and group size for every site (in the sites' order)."""
     ignored = ignored_site_names(sites, config.ignored_scope) if config.ignored_scope else set()
-    backup = config.backup_mode.as_mode()
+    backup, backup_group = backup_precision(config)
     plans = [
         LayerPlan(s, None, -1, note="ignored scope")
         if s.name in ignored
-        else LayerPlan(s, backup, -1, note="" if backup else "backup mode none")
+        else _backup_plan(LayerPlan(s, backup, -1, note="" if backup else "backup mode none"), backup_group)
         for s in sites
     ]
     active = [p for p in plans if p.site.name not in ignored]
-    if config.mode.num_bits == 8:
+    if config.mode.is_int8:
         for p in active:
             p.mode, p.group_size, p.ratio_defining, p.note = config.mode, -1, True, ""
         return plans
@@ -117,13 +123,38 @@ def plan_layers(
     for p in ratio_defining:
         p.ratio_defining = True
     primary = set(id(p) for p in _select_primary(ratio_defining, config.ratio, sensitivity))
+    codebook = codebook_of(config.mode, config.codebook)
     for p in ratio_defining:
         if id(p) in primary:
-            p.mode, p.note = config.mode, p.note
+            p.mode, p.note, p.codebook = config.mode, p.note, codebook
         else:
-            p.mode, p.group_size = backup, -1
+            p.mode = backup
             p.note = "mixed precision (ratio)" if backup else "mixed precision (ratio), backup mode none"
+            _backup_plan(p, backup_group)
     return plans
+
+
+def backup_precision(config: WeightCompressionConfig) -> tuple[CompressWeightsMode | None, int]:
+    """The backup mode and its group size, as NNCF has them: INT8 per channel, FP8 in the primary
+    group size, MXFP8 in groups of 32."""
+    backup = config.effective_backup_mode
+    if backup is BackupMode.FP8_E4M3:
+        return backup.as_mode(), config.effective_group_size
+    if backup is BackupMode.MXFP8_E4M3:
+        return backup.as_mode(), CompressWeightsMode.MXFP8_E4M3.default_group_size
+    return backup.as_mode(), -1
+
+
+def _backup_plan(p: LayerPlan, group_size: int) -> LayerPlan:
+    """Put ``p`` in the backup mode's group size; per channel where that size does not divide its input channels."""
+    p.group_size = -1
+    if p.mode is not None and group_size != -1:
+        if p.site.in_channels % group_size == 0:
+            p.group_size = group_size
+        else:
+            p.note = (p.note + "; " if p.note else "") + f"backup group size {group_size} does not divide " \
+                f"{p.site.in_channels} input channels: per channel"
+    return p
 
 
 def _ratio_defining(plans: list[LayerPlan], ignored: set[str], all_layers: bool) -> list[LayerPlan]:
@@ -167,13 +198,14 @@ def _apply_group_sizes(ratio_defining: list[LayerPlan], config: WeightCompressio
         if p.site.in_channels % gs == 0:
             kept.append(p)
             continue
-        adjusted = adjusted_group_size(p.site.in_channels) if config.group_size_fallback is GroupSizeFallback.ADJUST else None
+        adjustable = config.group_size_fallback is GroupSizeFallback.ADJUST and config.mode.fixed_group_size is None
+        adjusted = adjusted_group_size(p.site.in_channels) if adjustable else None
         if adjusted is not None:
             p.group_size, p.note = adjusted, f"group size adjusted {gs} -> {adjusted}"
             kept.append(p)
         else:
-            p.group_size = -1
             p.note = f"group size {gs} does not divide {p.site.in_channels} input channels: backup precision"
+            _backup_plan(p, backup_precision(config)[1])
     return kept
 
 

@@ -27,11 +27,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..calibration.statistics import ActivationStats
-from ..config import WeightCompressionConfig
+from ..config import CompressWeightsMode, WeightCompressionConfig
 from ..errors import ConfigError
+from ..quant.codebook_estimation import fit_codebook
 from ..quant.gptq import gptq_quantize_layers
 from ..quant.lora import LoraAdapter, fit_lora, whitened_factor
-from ..quant.lowering import CompressedWeight, dequantize, quantize
+from ..quant.lowering import CompressedWeight, as_float32, dequantize, quantize
 from ..quant.scale_estimation import estimate_scales
 from .planning import LayerPlan
 
@@ -81,18 +82,46 @@ class Step:
 
 
 def _rtn(layers: Sequence[LayerInput], data: StepData) -> list[LayerOutput]:
-    return [LayerOutput(quantize(x.weight, x.plan.mode, x.plan.group_size, x.plan.site.reduction_axis)) for x in layers]
+    return _round(fit_codebooks(layers, data))
+
+
+def _round(layers: Sequence[LayerInput]) -> list[LayerOutput]:
+    return [LayerOutput(quantize(x.weight, x.plan.mode, x.plan.group_size, x.plan.site.reduction_axis,
+                                 codebook=x.plan.codebook)) for x in layers]
+
+
+def fit_codebooks(layers: Sequence[LayerInput], data: StepData) -> Sequence[LayerInput]:
+    """Give each adaptive-codebook layer its own table, fitted to its weight (:mod:`optimum_wc.quant.codebook_estimation`).
+
+    Each input channel weighs by its mean squared activation, ``diag(H) / 2``
+    or the statistics' ``sum x^2 / N``, when calibration saw the layer; else 1.
+    """
+    for x in layers:
+        p = x.plan
+        if p.mode is not CompressWeightsMode.ADAPTIVE_CODEBOOK:
+            continue
+        st = (data.stats or {}).get(p.site.name)
+        importance = None
+        if data.hessian is not None:
+            importance = np.diag(data.hessian) / 2
+        elif st is not None and st.n_tokens:
+            importance = st.sum_sq / st.n_tokens
+        w = np.moveaxis(as_float32(x.weight), p.site.reduction_axis, -1)
+        p.codebook = fit_codebook(w.reshape(-1, w.shape[-1]), p.group_size, importance, start=p.codebook)
+    return layers
 
 
 def _scale_estimation(layers: Sequence[LayerInput], data: StepData) -> list[LayerOutput]:
     """Scale estimation where the layer's input was seen in calibration, else round-to-nearest."""
+    layers = fit_codebooks(layers, data)
     out = []
     for x in layers:
         p, st = x.plan, (data.stats or {}).get(x.plan.site.name)
         if st is None or st.n_tokens == 0:
-            out.extend(_rtn([x], data))
+            out.extend(_round([x]))
             continue
-        cw = estimate_scales(x.weight, st.rows, p.mode, p.group_size, p.site.reduction_axis, st.group_grams(p.group_size))
+        cw = estimate_scales(x.weight, st.rows, p.mode, p.group_size, p.site.reduction_axis, st.group_grams(p.group_size),
+                             codebook=p.codebook)
         out.append(LayerOutput(cw))
     return out
 
@@ -100,9 +129,11 @@ def _scale_estimation(layers: Sequence[LayerInput], data: StepData) -> list[Laye
 def _gptq(scale_estimation: bool) -> Callable[[Sequence[LayerInput], StepData], list[LayerOutput]]:
     def run(layers: Sequence[LayerInput], data: StepData) -> list[LayerOutput]:
         """One GPTQ run for all the layers (rows are independent, so stacking them changes nothing)."""
+        layers = fit_codebooks(layers, data)
         first = layers[0].plan
         cws = gptq_quantize_layers([x.weight for x in layers], [x.plan.site.reduction_axis for x in layers],
-                                   data.hessian, first.mode, first.group_size, scale_estimation=scale_estimation)
+                                   data.hessian, first.mode, first.group_size, scale_estimation=scale_estimation,
+                                   codebook=first.codebook)
         return [LayerOutput(cw) for cw in cws]
 
     return run

@@ -44,7 +44,7 @@ from ..resources import release
 from .compress import log_adjusted_group_sizes
 from .planning import LayerPlan, plan_layers
 from .sensitivity import sensitivity_function
-from .steps import RTN, LayerOutput, step_for
+from .steps import RTN, LayerInput, LayerOutput, StepData, fit_codebooks, step_for
 from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
@@ -113,7 +113,8 @@ def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], sourc
         read = source.read(site) if source is not None else None
         w = stored_weight(site) if read is None else read
         # round to nearest, 4-bit codes packed block by block (the unpacked codes never exist whole)
-        out = LayerOutput(quantize(w, p.mode, p.group_size, site.reduction_axis, packed=True))
+        fit_codebooks([LayerInput(p, w)], StepData())  # an adaptive codebook is fitted to the weight first
+        out = LayerOutput(quantize(w, p.mode, p.group_size, site.reduction_axis, packed=True, codebook=p.codebook))
         if read is None:
             release(w)  # file-mapped pages leave this process (they stay in the page cache)
         elif hasattr(source, "recycle"):
@@ -160,7 +161,8 @@ def _place_placeholders(plans: list[LayerPlan]) -> tuple[dict[str, LayerPlan], d
     """
     float_sites = {id(p): dataclasses.replace(p.site) for p in plans}  # keep the float constants for reading later
     owners, zeros = place_placeholders(
-        [(p, p.site, p.mode, *compressed_shapes(p.site.shape, p.site.reduction_axis, p.group_size), p.group_size)
+        [(p, p.site, p.mode, *compressed_shapes(p.site.shape, p.site.reduction_axis, p.group_size), p.group_size,
+          p.codebook)
          for p in plans])
     for p in plans:
         p.site = float_sites[id(p)]  # the plan's site stays readable for the steps

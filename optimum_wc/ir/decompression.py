@@ -2,11 +2,15 @@
 
 :func:`replace_with_compressed` swaps one float constant for the pattern
 that OpenVINO's CPU plugin fuses into its fully connected and gather
-kernels::
+kernels (the same nodes NNCF writes for each format)::
 
-    Constant(u4|i4|u8|i8) -> Convert(f16) [-> Subtract(Convert(zero point))]
-        -> Multiply(scale f16) [-> Reshape to the original shape]
-        [-> Convert(original float type)] -> MatMul | Gather
+    Constant(u4|i4|u8|i8|u3|u2|nf4|f4e2m1|f8e4m3) -> Convert(f16)
+        [-> Subtract(Convert(zero point))] -> Multiply(Convert(scale f16|f8e8m0|f8e4m3))
+        [-> Reshape to the original shape] [-> Convert(original float type)] -> MatMul | Gather
+
+a codebook format reads its values through ``Gather(table, indices)``
+instead of the first Convert; the element types of each mode are in
+:mod:`optimum_wc.quant.formats`.
 
 Also here: the Gather that reorders a MatMul's input channels (GPTQ
 act-order checkpoints) and the low-rank adapter branch of LoRA correction,
@@ -24,23 +28,22 @@ from openvino import op as ov_op
 
 from ..config import CompressWeightsMode
 from ..errors import ConfigError, ModelError
-from ..quant.bitpack import pack_nibbles
+from ..quant.bitpack import pack_bits, packed_size
+from ..quant.formats import WeightFormat, format_of
 from ..quant.lowering import CompressedWeight
+from ..quant.minifloat import e4m3_codes, e8m0_codes, e8m0_exponent
 from .sites import FLOAT_TYPES, LOOK_THROUGH, WeightSite, weight_of
 
-# The element type of each mode's codes (and zero points) in the IR: a new format adds its entry here.
-CODE_TYPES = {
-    CompressWeightsMode.INT4_ASYM: ov.Type.u4,
-    CompressWeightsMode.INT4_SYM: ov.Type.i4,
-    CompressWeightsMode.INT8_ASYM: ov.Type.u8,
-    CompressWeightsMode.INT8_SYM: ov.Type.i8,
-}
+def element_type(name: str):
+    """The OpenVINO element type spelled ``name`` (``u4``, ``nf4``, ``f4e2m1``, ``f8e8m0``, ...)."""
+    return getattr(ov.Type, name)
 
 
 def ir_bytes(values: np.ndarray, element_type) -> np.ndarray:
-    """``values`` (uint8/int8 codes, or f16 scales) laid out as the IR stores ``element_type`` (u4/i4: two per byte)."""
-    if element_type in (ov.Type.u4, ov.Type.i4):
-        return pack_nibbles(values)
+    """``values`` (uint8/int8 codes, or f16 scales) laid out as the IR stores ``element_type`` (sub-byte types packed)."""
+    bits = element_type.bitwidth
+    if bits < 8:
+        return pack_bits(np.ascontiguousarray(values), bits)
     return np.ascontiguousarray(values)
 
 
@@ -55,47 +58,107 @@ def integer_constant(values: np.ndarray, element_type, name: str):
     return _constant(ir_bytes(values, element_type), element_type, values.shape, name)
 
 
+def scale_bytes(scale: np.ndarray, fmt: WeightFormat) -> np.ndarray:
+    """The float32 group scales as the format stores them: f16, E8M0 (powers of two) or E4M3 codes."""
+    if fmt.scale_type == "f8e8m0":
+        return e8m0_codes(e8m0_exponent(scale))
+    if fmt.scale_type == "f8e4m3":
+        return e4m3_codes(scale)
+    # (contiguous: the OpenVINO binding mistypes a strided float16 array as i16)
+    return np.ascontiguousarray(scale, dtype=np.float16)
+
+
+def codebook_constant(fmt: WeightFormat, codebook: np.ndarray) -> tuple[np.ndarray, Any]:
+    """The look-up table's bytes and element type: CB4's and adaptive ones in E4M3 (exact), a given codebook in float32."""
+    if fmt.mode in (CompressWeightsMode.CB4, CompressWeightsMode.ADAPTIVE_CODEBOOK):
+        return e4m3_codes(codebook), ov.Type.f8e4m3
+    return np.ascontiguousarray(codebook, dtype=np.float32), ov.Type.f32
+
+
+def _layout(fmt: WeightFormat, name: str, codes, codes_shape, zero_point, scale, scale_shape, global_scale,
+            codebook) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
+    """The constants of one weight's subgraph in creation order: ``{friendly name: (bytes, element type, shape)}``."""
+    code_type = element_type(fmt.code_type)
+    arrays = {}
+    if fmt.codebook:
+        table, table_type = codebook_constant(fmt, codebook)
+        arrays[name] = (table, table_type, (len(codebook),))
+        arrays[f"{name}_nncf_codebook_idxs"] = (codes, code_type, codes_shape)
+    else:
+        arrays[name] = (codes, code_type, codes_shape)
+    if fmt.zero_point == "per_group":
+        arrays[f"{name}/zero_point"] = (zero_point, code_type, scale_shape)
+    elif fmt.zero_point == "offset":
+        arrays[f"{name}/zero_point"] = (np.array(fmt.offset, dtype=np.int8), ov.Type.i8, ())
+    arrays[f"{name}/scale"] = (scale, element_type(fmt.scale_type), scale_shape)
+    if fmt.global_scale:
+        arrays[f"{name}/second_order_scale"] = (global_scale, ov.Type.f32, (1,) * len(scale_shape))
+    return arrays
+
+
 def constant_arrays(cw: CompressedWeight, name: str) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
     """The constants of ``cw``'s subgraph: ``{friendly name: (bytes as the IR stores them, element type, shape)}``."""
-    code_type = CODE_TYPES[cw.mode]
+    fmt = cw.format
+    code_type = element_type(fmt.code_type)
     if cw.packed is not None:  # packed by quantize already
-        arrays = {name: (cw.packed, code_type, cw.packed_shape)}
+        codes, codes_shape = cw.packed, cw.packed_shape
     else:
-        arrays = {name: (ir_bytes(cw.codes, code_type), code_type, cw.codes.shape)}
-    if cw.zero_point is not None:
-        arrays[f"{name}/zero_point"] = (ir_bytes(cw.zero_point, code_type), code_type, cw.zero_point.shape)
-    # (contiguous: the OpenVINO binding mistypes a strided float16 array as i16)
-    arrays[f"{name}/scale"] = (np.ascontiguousarray(cw.scale, dtype=np.float16), ov.Type.f16, cw.scale.shape)
-    return arrays
+        codes = cw.codes if not fmt.offset else (cw.codes.astype(np.int16) + fmt.offset).astype(np.uint8)
+        codes, codes_shape = ir_bytes(codes, code_type), cw.codes.shape
+    zero_point = None if cw.zero_point is None else ir_bytes(cw.zero_point, code_type)
+    global_scale = None if cw.global_scale is None else np.ascontiguousarray(cw.global_scale, dtype=np.float32)
+    return _layout(fmt, name, codes, codes_shape, zero_point, scale_bytes(cw.scale, fmt), cw.scale.shape,
+                   global_scale, cw.codebook)
 
 
 def placeholder_arrays(mode: CompressWeightsMode, codes_shape: tuple[int, ...], scale_shape: tuple[int, ...],
-                       name: str, zeros: np.ndarray) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
-    """Arrays of :func:`constant_arrays`' layout for a weight not yet compressed: views of the buffer ``zeros``."""
-    code_type = CODE_TYPES[mode]
-    per_byte = 2 if code_type in (ov.Type.u4, ov.Type.i4) else 1
-    view = lambda shape, k: zeros[: (int(np.prod(shape)) * k + per_byte - 1) // per_byte]  # noqa: E731
-    arrays = {name: (view(codes_shape, 1), code_type, codes_shape)}
-    if mode.is_asym:
-        arrays[f"{name}/zero_point"] = (view(scale_shape, 1), code_type, scale_shape)
-    arrays[f"{name}/scale"] = (zeros[: 2 * int(np.prod(scale_shape))], ov.Type.f16, scale_shape)
-    return arrays
+                       name: str, zeros: np.ndarray, codebook: np.ndarray | None = None
+                       ) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
+    """Arrays of :func:`constant_arrays`' layout for a weight not yet compressed: views of the buffer ``zeros``.
+
+    The look-up table and the scalar zero point do not depend on the weight: they are real already.
+    """
+    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    count = lambda shape: int(np.prod(shape))  # noqa: E731
+    codes = zeros[: packed_size(count(codes_shape), fmt.code_bits)]
+    zero_point = zeros[: packed_size(count(scale_shape), fmt.code_bits)]
+    scale = zeros[: count(scale_shape) * element_type(fmt.scale_type).size]
+    return _layout(fmt, name, codes, codes_shape, zero_point, scale, scale_shape, zeros[:4], codebook)
 
 
 def subgraph_from_arrays(arrays: dict, group_size: int, original_shape: tuple[int, ...], name: str,
                          shared: bool = False):
-    """Build ``codes -> Convert -> [Subtract zp] -> Multiply scale -> [Reshape]`` (output f16) from ``arrays``.
+    """Build the decompression subgraph (output f16) of ``arrays`` (:func:`constant_arrays`' layout).
 
+    ``codes -> Convert(f16) [-> Subtract zero point] -> Multiply scale [-> Reshape]``;
+    a codebook: ``Gather(table -> Convert(f16), indices [-> Convert(u8)]) -> Multiply scale``;
+    NVFP4's scale: ``E4M3 -> Convert(f32) -> Multiply(second-order scale) -> Convert(f16)``.
     ``shared``: the constants use the arrays' memory instead of a copy.
     """
-    codes = _constant(*arrays[name], name, shared)
-    weight = ops.convert(codes, ov.Type.f16, name=f"{name}/convert")
+    # the look-up table and a scalar zero point do not come from the weight: always copied
+    fixed = {key for key, (_, _, shape) in arrays.items() if shape == ()}
+    if f"{name}_nncf_codebook_idxs" in arrays:
+        fixed.add(name)
+    const = lambda key: _constant(*arrays[key], key, shared and key not in fixed)  # noqa: E731
+    f16 = lambda node, node_name: node if node.get_output_element_type(0) == ov.Type.f16 else ops.convert(  # noqa: E731
+        node, ov.Type.f16, name=node_name)
+    if f"{name}_nncf_codebook_idxs" in arrays:
+        table = f16(const(name), f"{name}/convert")
+        indices = const(f"{name}_nncf_codebook_idxs")
+        if indices.get_output_element_type(0) == ov.Type.u4:
+            indices = ops.convert(indices, ov.Type.u8, name=f"{name}_nncf_codebook_idxs/convert")
+        axis = ops.constant(np.int64(0), name=f"{name}_nncf_codebook/axis")
+        weight = ops.gather(table, indices, axis, name=f"{name}_nncf_codebook")
+    else:
+        weight = ops.convert(const(name), ov.Type.f16, name=f"{name}/convert")
     if f"{name}/zero_point" in arrays:
-        zp_const = _constant(*arrays[f"{name}/zero_point"], f"{name}/zero_point", shared)
-        zp = ops.convert(zp_const, ov.Type.f16, name=f"{name}/zero_point/convert")
+        zp = ops.convert(const(f"{name}/zero_point"), ov.Type.f16, name=f"{name}/zero_point/convert")
         weight = ops.subtract(weight, zp, name=f"{name}/zero_point/subtract")
-    scale = _constant(*arrays[f"{name}/scale"], f"{name}/scale", shared)
-    weight = ops.multiply(weight, scale, name=f"{name}/fq_weights")
+    scale = const(f"{name}/scale")
+    if f"{name}/second_order_scale" in arrays:
+        scale = ops.multiply(ops.convert(scale, ov.Type.f32, name=f"{name}/scale/convert_f32"),
+                             const(f"{name}/second_order_scale"), name=f"{name}/dequantized_scale")
+    weight = ops.multiply(weight, f16(scale, f"{name}/scale/convert"), name=f"{name}/fq_weights")
     if group_size != -1:
         shape = ops.constant(np.array(original_shape, dtype=np.int64), name=f"{name}/reshape/shape")
         weight = ops.reshape(weight, shape, special_zero=False, name=f"{name}/reshape")
@@ -105,17 +168,17 @@ def subgraph_from_arrays(arrays: dict, group_size: int, original_shape: tuple[in
 def place_placeholders(items: list[tuple]) -> tuple[dict[str, Any], np.ndarray]:
     """Swap each site's float constant for its decompression subgraph over *placeholder* constants.
 
-    ``items``: ``(owner, site, mode, codes shape, scale shape, group size)``.
+    ``items``: ``(owner, site, mode, codes shape, scale shape, group size[, codebook])``.
     The placeholders are views of one zero buffer, so the graph gets its final
     structure before any codes exist; whoever owns a constant writes its real
     bytes later.  Returns ``{constant name: owner}`` and the buffer (keep it
     alive while the graph is used or serialized).
     """
-    largest = max((int(np.prod(c)) + 2 * int(np.prod(s)) for _, _, _, c, s, _ in items), default=0)
-    zeros = np.zeros(largest + 1, dtype=np.uint8)
+    largest = max((int(np.prod(item[3])) + 2 * int(np.prod(item[4])) for item in items), default=0)
+    zeros = np.zeros(largest + 8, dtype=np.uint8)
     owners: dict[str, Any] = {}
-    for owner, site, mode, codes_shape, scale_shape, group_size in items:
-        arrays = placeholder_arrays(mode, codes_shape, scale_shape, site.name, zeros)
+    for owner, site, mode, codes_shape, scale_shape, group_size, *rest in items:
+        arrays = placeholder_arrays(mode, codes_shape, scale_shape, site.name, zeros, rest[0] if rest else None)
         new = subgraph_from_arrays(arrays, group_size, site.shape, site.name, shared=True)
         replace_with_compressed(site, None, new)
         for name in arrays:
@@ -126,7 +189,7 @@ def place_placeholders(items: list[tuple]) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def decompression_subgraph(cw: CompressedWeight, name: str):
-    """Build ``codes -> Convert -> [Subtract zp] -> Multiply scale -> [Reshape]`` (output f16)."""
+    """Build ``cw``'s decompression subgraph (output f16, see :func:`subgraph_from_arrays`)."""
     return subgraph_from_arrays(constant_arrays(cw, name), cw.group_size, cw.original_shape, name)
 
 

@@ -34,18 +34,18 @@ def smoothing_scales(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def awq_loss(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: np.ndarray, s: np.ndarray,
-             mode: CompressWeightsMode) -> float:
+             mode: CompressWeightsMode, codebook: np.ndarray | None = None) -> float:
     """``sum_l || (Q(W_l s) / s - W_l) X^T ||^2 / N`` for [out, C] weights and ``x [N, C]``."""
     total = 0.0
     for w, group_size in zip(weights, group_sizes):
-        deq = quantize_dequantize(w * s, mode, group_size, axis=1) / s
+        deq = quantize_dequantize(w * s, mode, group_size, axis=1, codebook=codebook) / s
         diff = x @ (deq - w).T
         total += float(np.vdot(diff, diff))
     return total / max(x.shape[0], 1)
 
 
 def search_scales(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: np.ndarray, mean_abs: np.ndarray,
-                  mode: CompressWeightsMode) -> tuple[np.ndarray, float, float]:
+                  mode: CompressWeightsMode, codebook: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """Best scales over :data:`ALPHAS`; returns (s, alpha, relative loss vs RTN)."""
     rows = x if x.shape[0] <= SEARCH_ROWS else x[np.linspace(0, x.shape[0] - 1, SEARCH_ROWS).astype(np.int64)]
     weights = search_rows(weights)
@@ -53,7 +53,7 @@ def search_scales(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: 
     base = None
     for alpha in ALPHAS:
         s = smoothing_scales(mean_abs, alpha) if alpha else np.ones(mean_abs.shape, np.float32)
-        loss = awq_loss(weights, group_sizes, rows, s, mode)
+        loss = awq_loss(weights, group_sizes, rows, s, mode, codebook)
         if base is None:
             base = loss
         if best[2] is None or loss < best[2]:

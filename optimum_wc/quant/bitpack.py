@@ -1,6 +1,7 @@
 """Bit packing: our IR's 4-bit layout, and the int32 layouts of GPTQ and AWQ checkpoints (pure NumPy).
 
-* OpenVINO u4/i4: two values per byte, element 0 in the low nibble.
+* OpenVINO u4/i4 (and nf4, f4e2m1): two values per byte, element 0 in the low
+  nibble; u2: four per byte, element 0 in the low bits; u3: see :func:`pack_u3`.
 * GPTQ ``qweight`` int32 ``[n / p, m]`` (``p = 32 / bits``), packed along the
   rows: row ``i = r * p + k`` sits at bits ``[bits k, bits k + bits)`` of
   packed row ``r``, low bits first; ``qzeros`` int32 ``[n, m / p]`` the same
@@ -41,6 +42,48 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
         high |= p & 0x000F
         out[start : start + _PACK_CHUNK] = high
     return out
+
+
+def pack_crumbs(values: np.ndarray) -> np.ndarray:
+    """Pack 2-bit values four per byte, element 0 in the lowest two bits (OpenVINO's u2 layout)."""
+    flat = values.reshape(-1).view(np.uint8) & np.uint8(3)
+    flat = np.concatenate([flat, np.zeros(-flat.size % 4, dtype=np.uint8)]).reshape(-1, 4)
+    return (flat[:, 0] | (flat[:, 1] << 2) | (flat[:, 2] << 4) | (flat[:, 3] << 6)).astype(np.uint8)
+
+
+def pack_u3(values: np.ndarray) -> np.ndarray:
+    """Pack 3-bit values eight per three bytes (OpenVINO's u3 layout).
+
+    For each run of 8 values ``v0..v7``: byte 0 holds the low two bits of
+    ``v0..v3``, byte 1 those of ``v4..v7`` (first value in the top bits), and
+    byte 2 the high bit of ``v0..v7`` (``v0`` in bit 7).  A short last run is
+    padded with zeros.
+    """
+    flat = values.reshape(-1).view(np.uint8) & np.uint8(7)
+    runs = np.concatenate([flat, np.zeros(-flat.size % 8, dtype=np.uint8)]).reshape(-1, 8)
+    low, high = runs & np.uint8(3), runs >> np.uint8(2)
+    out = np.empty((runs.shape[0], 3), dtype=np.uint8)
+    out[:, 0] = (low[:, 0] << 6) | (low[:, 1] << 4) | (low[:, 2] << 2) | low[:, 3]
+    out[:, 1] = (low[:, 4] << 6) | (low[:, 5] << 4) | (low[:, 6] << 2) | low[:, 7]
+    out[:, 2] = np.bitwise_or.reduce(high << np.arange(7, -1, -1, dtype=np.uint8), axis=1)
+    return out.reshape(-1)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """``values`` (uint8 codes) in OpenVINO's packed layout for ``bits``-bit element types (2, 3, 4 or 8)."""
+    if bits == 8:
+        return np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+    packer = {4: pack_nibbles, 3: pack_u3, 2: pack_crumbs}.get(bits)
+    if packer is None:
+        raise ValueError(f"no packed layout for {bits}-bit values (2, 3, 4 or 8)")
+    return packer(np.ascontiguousarray(values))
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that ``count`` values of ``bits`` bits take in OpenVINO's layout (u3: three bytes per run of eight)."""
+    if bits == 3:
+        return 3 * ((count + 7) // 8)
+    return (count * bits + 7) // 8
 
 
 def _values_per_word(bits: int) -> int:

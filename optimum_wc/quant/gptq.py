@@ -42,7 +42,9 @@ from typing import Sequence
 import numpy as np
 
 from ..config import CompressWeightsMode
-from .lowering import CompressedWeight, levels, quantization_params
+from .float_lowering import group_scale
+from .formats import format_of
+from .lowering import CompressedWeight, codes_of_levels, levels, quantization_params, round_to_levels
 
 PERCDAMP = 0.01
 BLOCK_SIZE = 128
@@ -53,14 +55,21 @@ def _f16(v: np.ndarray) -> np.ndarray:
     return np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
-def group_params(w: np.ndarray, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
+def group_params(w: np.ndarray, mode: CompressWeightsMode, codebook: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """RTN scale (rounded to f16) and zero point of each row of ``w [out, k]``: shapes [out], [out] or None."""
+    if not mode.is_integer:
+        fmt = format_of(mode, 16 if codebook is None else len(codebook))
+        return _f16(group_scale(np.asarray(w, dtype=np.float32), 1, fmt, codebook)[:, 0]), None
     scale, zp = quantization_params(np.asarray(w, dtype=np.float32), 1, mode)
     return _f16(scale[:, 0]), None if zp is None else zp[:, 0].astype(np.float64)
 
 
-def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
-    """``clip(round(w / s [+ z]))`` as float64 integers."""
+def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode,
+                    codebook: np.ndarray | None = None) -> np.ndarray:
+    """``clip(round(w / s [+ z]))`` as float64 integers (float formats, codebooks: the nearest grid value)."""
+    if not mode.is_integer:
+        return round_to_levels(np.asarray(w, dtype=np.float32), scale, None, mode, codebook).astype(np.float64)
     low, high = levels(mode)
     q = w / scale.astype(np.float64)
     if zp is not None:
@@ -98,7 +107,8 @@ def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP) -> n
     raise np.linalg.LinAlgError("the layer Hessian stays singular even with strong damping")
 
 
-def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
+def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeightsMode,
+                           codebook: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale (f16) and zero point of each row of ``w [out, k]`` chosen by scale estimation on the group Gram ``gram [k, k]``.
 
     The scale minimising the group's output error ``d^T G d`` among the
@@ -107,7 +117,7 @@ def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeight
     from .scale_estimation import estimate_scales
 
     cw = estimate_scales(np.asarray(w, dtype=np.float32), None, mode, w.shape[1], 1,
-                         np.asarray(gram, dtype=np.float32)[None])
+                         np.asarray(gram, dtype=np.float32)[None], codebook=codebook)
     scale = _f16(cw.scale.reshape(-1))
     zp = None if cw.zero_point is None else cw.zero_point.reshape(-1).astype(np.float64)
     return scale, zp
@@ -115,7 +125,7 @@ def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeight
 
 def gptq_codes(
     w: np.ndarray, u: np.ndarray, mode: CompressWeightsMode, group_size: int, block_size: int = BLOCK_SIZE,
-    hessian: np.ndarray | None = None,
+    hessian: np.ndarray | None = None, codebook: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The GPTQ loop on ``w [out, in]`` (float64, modified in place) with factor ``u``.
 
@@ -132,7 +142,7 @@ def gptq_codes(
     zps = np.empty((out_ch, ng), dtype=np.float64) if mode.is_asym else None
     if group_size == -1:
         block = block_size
-        scale, zp = group_params(w, mode)
+        scale, zp = group_params(w, mode, codebook)
         scales[:, 0] = scale
         if zps is not None:
             zps[:, 0] = zp
@@ -150,13 +160,14 @@ def gptq_codes(
                 col = i1 + i
                 if group_size != -1 and col % gs == 0:  # sub divides gs: the group's columns are all current
                     if hessian is None:
-                        scale, zp = group_params(w1[:, i : i + gs], mode)
+                        scale, zp = group_params(w1[:, i : i + gs], mode, codebook)
                     else:
-                        scale, zp = estimated_group_params(w1[:, i : i + gs], hessian[col : col + gs, col : col + gs], mode)
+                        scale, zp = estimated_group_params(w1[:, i : i + gs], hessian[col : col + gs, col : col + gs],
+                                                           mode, codebook)
                     scales[:, col // gs] = scale
                     if zps is not None:
                         zps[:, col // gs] = zp
-                q = quantize_column(w1[:, i], scale, zp, mode)
+                q = quantize_column(w1[:, i], scale, zp, mode, codebook)
                 codes[:, col] = q
                 deq = (q - zp if zp is not None else q) * scale
                 e = (w1[:, i] - deq) / u1[i, i]
@@ -204,6 +215,7 @@ def gptq_quantize_layers(
     scale_estimation: bool = False,
     percdamp: float = PERCDAMP,
     block_size: int = BLOCK_SIZE,
+    codebook: np.ndarray | None = None,
 ) -> list[CompressedWeight]:
     """GPTQ compression of 2-D weights that read the same input (Hessian ``H [in, in]``), each reduced along its axis.
 
@@ -211,8 +223,8 @@ def gptq_quantize_layers(
     stacked along their rows and quantized in one column loop with one
     inverse-Hessian factor; the result equals quantizing each alone.
     """
-    if mode.num_bits != 4:
-        raise ValueError(f"GPTQ is a 4-bit algorithm, not for {mode.value}")
+    if mode.num_bits > 4 or not mode.allows_data_aware:
+        raise ValueError(f"GPTQ is for formats of 4 bits or fewer with a sorted grid, not for {mode.value}")
     rows = []
     for weight, axis in zip(weights, axes):
         w0 = np.asarray(weight, dtype=np.float32)
@@ -230,7 +242,7 @@ def gptq_quantize_layers(
     w = np.array(w2, dtype=np.float64)
     w[:, dead_channels(h)] = 0.0
     codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size,
-                                    hessian=h if scale_estimation and group_size != -1 else None)
+                                    hessian=h if scale_estimation and group_size != -1 else None, codebook=codebook)
     qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     if scale_estimation:
         scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)
@@ -239,29 +251,30 @@ def gptq_quantize_layers(
         part = slice(offset, offset + r.shape[0])
         offset += r.shape[0]
         out.append(_compressed(r, codes[part], qz[part], scales[part], None if zps is None else zps[part],
-                               mode, group_size, transposed=axis % 2 == 0, shape=tuple(np.shape(weight))))
+                               mode, group_size, transposed=axis % 2 == 0, shape=tuple(np.shape(weight)),
+                               codebook=codebook))
     return out
 
 
-def _compressed(w2, codes, qz, scales, zps, mode, group_size, transposed: bool, shape) -> CompressedWeight:
+def _compressed(w2, codes, qz, scales, zps, mode, group_size, transposed: bool, shape, codebook=None) -> CompressedWeight:
     """A :class:`CompressedWeight` in the grouped layout of a weight of ``shape`` from ``[out, in]`` results."""
     out_ch, in_ch = w2.shape
     gs = in_ch if group_size == -1 else group_size
     ng = in_ch // gs
     deq = (np.repeat(scales.astype(np.float64), gs, axis=1) * qz).astype(np.float32)
-    code_type = np.uint8 if mode.is_asym else np.int8
+    codes = codes_of_levels(codes, mode, codebook)
     if group_size == -1:
-        codes_l, scale_l = codes.astype(code_type), scales.reshape(out_ch, 1)
+        codes_l, scale_l = codes, scales.reshape(out_ch, 1)
         zero_l = None if zps is None else zps.astype(np.uint8).reshape(out_ch, 1)
     else:
-        codes_l, scale_l = codes.reshape(out_ch, ng, gs).astype(code_type), scales.reshape(out_ch, ng, 1)
+        codes_l, scale_l = codes.reshape(out_ch, ng, gs), scales.reshape(out_ch, ng, 1)
         zero_l = None if zps is None else zps.astype(np.uint8).reshape(out_ch, ng, 1)
     if transposed:  # back to [n_groups, gs, out] (or [in, out]) for a weight reduced along axis 0
         move = lambda a: None if a is None else np.ascontiguousarray(np.moveaxis(a, 0, -1))  # noqa: E731
         codes_l, scale_l, zero_l = move(codes_l), move(scale_l), move(zero_l)
     diff = deq - w2
     return CompressedWeight(codes_l, np.ascontiguousarray(scale_l, dtype=np.float32), zero_l, mode, group_size,
-                            tuple(shape), float(np.vdot(diff, diff)), float(np.vdot(w2, w2)))
+                            tuple(shape), float(np.vdot(diff, diff)), float(np.vdot(w2, w2)), codebook=codebook)
 
 
 def gptq_quantize(
@@ -274,7 +287,8 @@ def gptq_quantize(
     scale_estimation: bool = False,
     percdamp: float = PERCDAMP,
     block_size: int = BLOCK_SIZE,
+    codebook: np.ndarray | None = None,
 ) -> CompressedWeight:
     """GPTQ compression of one 2-D ``weight`` reduced along ``axis`` with the layer Hessian ``H [in, in]``."""
     return gptq_quantize_layers([weight], [axis], hessian, mode, group_size, scale_estimation=scale_estimation,
-                                percdamp=percdamp, block_size=block_size)[0]
+                                percdamp=percdamp, block_size=block_size, codebook=codebook)[0]

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import CompressWeightsMode
-from . import kernels
+from . import float_kernels, float_lowering, kernels, minifloat
 from .bitpack import pack_nibbles
+from .formats import format_of
 
 _EPS = np.finfo(np.float32).eps
 # Rows per block: big enough for NumPy's loops, small enough to stay in cache.
@@ -62,8 +63,8 @@ class CompressedWeight:
     reduced axis of ``scale`` has size 1.
     """
 
-    codes: np.ndarray  # uint8 (asym) or int8 (sym)
-    scale: np.ndarray  # float32, reduced axis of size 1
+    codes: np.ndarray  # uint8 (asym, float formats, codebook indices) or int8 (sym integer levels)
+    scale: np.ndarray  # float32, reduced axis of size 1 (NVFP4: the E4M3 group scale's value, without global_scale)
     zero_point: np.ndarray | None  # uint8, same shape as scale; None when symmetric
     mode: CompressWeightsMode
     group_size: int
@@ -72,6 +73,13 @@ class CompressedWeight:
     sq_norm: float = 0.0  # sum of W^2
     packed: np.ndarray | None = None  # 4-bit codes already packed two per byte (then ``codes`` is None)
     packed_shape: tuple[int, ...] = ()  # the shape of the codes that ``packed`` holds
+    global_scale: np.ndarray | None = None  # NVFP4: the float32 scale of the group scales (keepdims)
+    codebook: np.ndarray | None = None  # codebook modes: the float32 look-up table the codes index
+
+    @property
+    def format(self):
+        """The :class:`~optimum_wc.quant.formats.WeightFormat` of the codes."""
+        return format_of(self.mode, 16 if self.codebook is None else len(self.codebook))
 
     @property
     def relative_error(self) -> float:
@@ -149,13 +157,42 @@ def rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | No
     return q
 
 
-def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool = False):
+def round_to_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode,
+                    codebook: np.ndarray | None = None) -> np.ndarray:
+    """The grid values ``w`` rounds to at ``scale``, unscaled: integer levels (see :func:`rounded_levels`), or the
+    value of the nearest float-format element / codebook entry of ``w / scale``; float32."""
+    if mode.is_integer:
+        return rounded_levels(w, scale, zero_point, mode)
+    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    return fmt.values(codebook)[fmt.encode(np.divide(w, scale, dtype=np.float32), codebook)]
+
+
+def codes_of_levels(levels: np.ndarray, mode: CompressWeightsMode, codebook: np.ndarray | None = None) -> np.ndarray:
+    """The codes of grid values from :func:`round_to_levels` (the data-aware formats' tables are sorted)."""
+    if mode.is_integer:
+        return np.asarray(levels).astype(np.uint8 if mode.is_asym else np.int8)
+    values = format_of(mode, 16 if codebook is None else len(codebook)).values(codebook)
+    return np.searchsorted(values, np.asarray(levels, dtype=np.float32)).astype(np.uint8)
+
+
+def level_values(cw: CompressedWeight) -> np.ndarray:
+    """``cw``'s codes as unscaled grid values (float32): the integer levels, or the float elements / codebook entries."""
+    if cw.mode.is_integer:
+        return cw.codes.astype(np.float32)
+    return cw.format.values(cw.codebook)[cw.codes]
+
+
+def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool = False,
+                    codebook: np.ndarray | None = None):
     """Codes (packed two per byte with ``pack``), scale, zero point, the block's squared error and squared norm.
 
     The fused kernel (:mod:`.kernels`) gives the same bytes as the NumPy
     reference below when it can run; both sum the error with NumPy's ``dot``.
+    Float formats and codebooks go to :mod:`.float_lowering`.
     """
     w = as_float32(w)
+    if not mode.is_integer:
+        return _float_block(w, axis, mode, pack, codebook)
     fused = _fused_block(w, axis, mode, pack) if use_fused_kernel() else None
     if fused is not None:
         return fused
@@ -171,17 +208,47 @@ def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: b
         float(np.dot(flat_w, flat_w))
 
 
+def _float_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool, codebook: np.ndarray | None):
+    """:func:`_quantize_block` for float formats and codebooks (NVFP4: the error is measured after the second level)."""
+    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    flat_w = w.reshape(-1)
+    sq_norm = float(np.dot(flat_w, flat_w))
+    fused = _fused_float_block(w, axis, fmt, codebook) if use_fused_kernel() and np.isfinite(sq_norm) else None
+    if fused is not None:
+        codes, scale, err = fused
+    else:
+        codes, scale = float_lowering.encode_block(w, axis, fmt, codebook)
+        err = (float_lowering.decode(codes, scale, fmt, codebook) - w).reshape(-1)
+    sq_error = 0.0 if fmt.global_scale else float(np.dot(err, err))
+    return (pack_nibbles(codes) if pack else codes), scale, None, sq_error, sq_norm
+
+
+def _fused_float_block(w: np.ndarray, axis: int, fmt, codebook: np.ndarray | None):
+    """Codes, scale and flat error of a finite block by :mod:`.float_kernels`; None where it does not apply."""
+    if axis != w.ndim - 1 or not float_kernels.available():
+        return None
+    if fmt.codebook:
+        rule, top, boundaries = float_kernels.SCALE_CODEBOOK, np.max(np.abs(codebook)), minifloat.codebook_boundaries(codebook)
+    else:
+        rule = float_kernels.SCALE_MX if fmt.scale_type == "f8e8m0" else float_kernels.SCALE_PLAIN
+        top, boundaries = fmt.max_value, minifloat.NF4_BOUNDARIES
+    rows = np.ascontiguousarray(w).reshape(-1, w.shape[-1])
+    code_type = "codebook" if fmt.codebook else fmt.code_type
+    codes, scale, err = float_kernels.encode_rows(rows, code_type, rule, top, fmt.values(codebook), boundaries)
+    return codes.reshape(w.shape), scale.reshape(w.shape[:-1] + (1,)), err
+
+
 def use_fused_kernel(enabled: bool | None = None) -> bool:
     """Whether round to nearest uses the fused kernel; ``enabled`` sets it (False: the NumPy reference only)."""
     global _FUSED
     if enabled is not None:
         _FUSED = bool(enabled)
-    return _FUSED and kernels.available()
+    return _FUSED and kernels.available()  # (the float kernels need numba too, as these)
 
 
 def _fused_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool):
     """:func:`_quantize_block` by the fused kernel; None where it does not apply (then use the reference)."""
-    if axis != w.ndim - 1 or mode.num_bits not in (4, 8) or (pack and mode.num_bits != 4):
+    if axis != w.ndim - 1 or mode.num_bits not in (2, 3, 4, 8) or (pack and mode.num_bits != 4):
         return None
     rows = np.ascontiguousarray(w).reshape(-1, w.shape[-1])  # one row per group (per channel: per row)
     flat_w = rows.reshape(-1)
@@ -202,7 +269,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int, *,
-             packed: bool = False) -> CompressedWeight:
+             packed: bool = False, codebook: np.ndarray | None = None) -> CompressedWeight:
     """Quantize ``weight`` along its input-channel ``axis`` (per channel if ``group_size == -1``).
 
     The work is split into blocks along the first non-reduced axis and run on
@@ -212,8 +279,12 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     to float32 on its own.  With ``packed`` (4-bit modes, several blocks) each
     block's codes are packed two per byte as soon as they are made: the result
     has ``packed`` bytes instead of ``codes``, and the unpacked codes never
-    exist whole.
+    exist whole.  ``codebook``: the sorted float32 table of a codebook mode.
     """
+    if codebook is not None:
+        codebook = np.asarray(codebook, dtype=np.float32)
+    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    packed = packed and fmt.code_bits == 4 and not fmt.global_scale
     w, red = grouped(weight, axis, group_size)
     split_axis = 0 if red != 0 else 1
     if w.ndim < 2:
@@ -225,11 +296,11 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
         lead = (slice(None),) * split_axis
         blocks = [w[lead + (slice(i, i + rows),)] for i in range(0, n, rows)]
     if len(blocks) == 1:
-        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode)
+        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode, codebook=codebook)
     else:  # each block's results go straight into the outputs: no concatenated copy of the codes
         param_shape = w.shape[:red] + (1,) + w.shape[red + 1 :]
-        pack = packed and mode.num_bits == 4 and split_axis == 0 and all(b.size % 2 == 0 for b in blocks)
-        codes = None if pack else np.empty(w.shape, dtype=np.uint8 if mode.is_asym else np.int8)
+        pack = packed and split_axis == 0 and all(b.size % 2 == 0 for b in blocks)
+        codes = None if pack else np.empty(w.shape, dtype=np.int8 if mode.is_integer and not mode.is_asym else np.uint8)
         packed_out = np.empty(w.size // 2, dtype=np.uint8) if pack else None
         per_row = w.size // w.shape[0]
         scale = np.empty(param_shape, dtype=np.float32)
@@ -239,7 +310,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
 
         def run(i: int) -> tuple[float, float]:
             at = lead + (slice(i * rows, i * rows + blocks[i].shape[split_axis]),)
-            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack)
+            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack, codebook)
             if pack:  # rows are the leading axis: block i is one contiguous run of the flattened codes
                 first = i * rows * per_row // 2
                 packed_out[first : first + block_codes.size] = block_codes
@@ -253,12 +324,31 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
         sq_error, sq_norm = sum(e for e, _ in sums), sum(n for _, n in sums)
         if pack:
             return CompressedWeight(None, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm,
-                                    packed=packed_out, packed_shape=tuple(w.shape))
-    return CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm)
+                                    packed=packed_out, packed_shape=tuple(w.shape), codebook=codebook)
+    cw = CompressedWeight(codes, scale, zp, mode, group_size, tuple(weight.shape), sq_error, sq_norm,
+                          codebook=codebook)
+    if fmt.global_scale:
+        _second_level(cw, w)
+    return cw
 
 
-def quantize_dequantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int) -> np.ndarray:
+def _second_level(cw: CompressedWeight, w: np.ndarray) -> None:
+    """NVFP4: store the group scales in E4M3 under one float32 scale, then measure the error (block by block)."""
+    _, cw.scale, cw.global_scale = float_lowering.second_level(cw.scale)
+    fmt, err = cw.format, 0.0
+    step = max(1, _BLOCK_ELEMENTS * w.shape[0] // max(1, w.size)) if cw.scale.shape[0] == w.shape[0] else w.shape[0]
+    for i in range(0, w.shape[0], step):
+        diff = float_lowering.decode(cw.codes[i : i + step], cw.scale[i : i + step], fmt, None, cw.global_scale)
+        diff -= as_float32(w[i : i + step])
+        err += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+    cw.sq_error = err
+
+
+def quantize_dequantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int,
+                        codebook: np.ndarray | None = None) -> np.ndarray:
     """``deq(Q(weight))`` in float32 with the formulas of :func:`quantize`, without keeping codes (for searches)."""
+    if not mode.is_integer:
+        return dequantize(quantize(np.asarray(weight, dtype=np.float32), mode, group_size, axis, codebook=codebook))
     w, red = grouped(np.asarray(weight, dtype=np.float32), axis, group_size)
     scale, zp = quantization_params(w, red, mode)
     q = rounded_levels(w, scale, zp, mode)
@@ -269,7 +359,9 @@ def quantize_dequantize(weight: np.ndarray, mode: CompressWeightsMode, group_siz
 
 
 def dequantize(cw: CompressedWeight) -> np.ndarray:
-    """``scale * (codes - zero_point)`` in float32, back in the original shape."""
+    """``scale * (codes - zero_point)`` (float formats: ``scale * values[codes]``) in float32, in the original shape."""
+    if not cw.mode.is_integer:
+        return float_lowering.decode(cw.codes, cw.scale, cw.format, cw.codebook, cw.global_scale).reshape(cw.original_shape)
     q = cw.codes.astype(np.float32)
     if cw.zero_point is not None:
         q -= cw.zero_point.astype(np.float32)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import CompressWeightsMode
-from .lowering import CompressedWeight, rounded_levels, quantize
+from .lowering import CompressedWeight, codes_of_levels, level_values, quantize, round_to_levels
 
 GRID = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1)
 _TINY = 1e-12
@@ -43,19 +43,20 @@ def _gram_products(a: np.ndarray, b: np.ndarray, grams: np.ndarray) -> np.ndarra
 
 def estimate_scales(
     weight: np.ndarray, x: np.ndarray | None, mode: CompressWeightsMode, group_size: int, axis: int,
-    grams: np.ndarray | None = None,
+    grams: np.ndarray | None = None, codebook: np.ndarray | None = None,
 ) -> CompressedWeight:
     """Scale-estimated compression of a 2-D ``weight`` reduced along ``axis``.
 
     The group Grams come from ``grams`` ([n_groups, gs, gs], e.g. from all
-    calibration tokens) or else from the input rows ``x [N, C_in]``.
+    calibration tokens) or else from the input rows ``x [N, C_in]``.  Float
+    formats (NF4) and codebooks take ``q`` as the grid values themselves.
     """
     w = np.asarray(weight, dtype=np.float32)
     transposed = (axis % 2) == 0
     w2 = np.ascontiguousarray(w.T) if transposed else w
     out_ch, in_ch = w2.shape
     gs = in_ch if group_size == -1 else group_size
-    rtn = quantize(w2, mode, group_size, axis=1)  # per channel: the same maths with one group
+    rtn = quantize(w2, mode, group_size, axis=1, codebook=codebook)  # per channel: the same maths with one group
     ng = in_ch // gs
     # work in [groups, rows, group size] so each group's product with G_g is one contiguous matmul
     wt = np.ascontiguousarray(w2.reshape(out_ch, ng, gs).transpose(1, 0, 2))
@@ -77,12 +78,12 @@ def estimate_scales(
         return w_g_w - 2 * scale * num + scale * scale * den
 
     f16 = lambda v: v.astype(np.float16).astype(np.float64)  # noqa: E731 - scales are stored in f16
-    best_q = np.ascontiguousarray(rtn.codes.reshape(out_ch, ng, gs).transpose(1, 0, 2)).astype(np.float32)
+    best_q = np.ascontiguousarray(level_values(rtn).reshape(out_ch, ng, gs).transpose(1, 0, 2))
     best_s = f16(s_rtn[..., 0])
     best_err = error(best_s, *products(best_q))
     for a in GRID:
         start = s_rtn[..., 0].astype(np.float64) * a
-        q = rounded_levels(wt, s_rtn * np.float32(a), zp, mode)
+        q = round_to_levels(wt, s_rtn * np.float32(a), zp, mode, codebook)
         num, den = products(q)
         ok = den > _TINY
         fit = np.where(ok, num / np.where(ok, den, 1.0), start)
@@ -98,10 +99,9 @@ def estimate_scales(
     best_s = np.ascontiguousarray(best_s.T[..., None], dtype=np.float32)
     diff = ((best_q - (0 if zp is None else zp.transpose(1, 0, 2))) * best_s).reshape(out_ch, in_ch) - w2
     zero = None if rtn.zero_point is None else rtn.zero_point.reshape(out_ch, ng, 1)
-    codes, scale, zero = _weight_layout(best_q.astype(np.uint8 if mode.is_asym else np.int8), best_s, zero,
-                                        group_size, transposed)
+    codes, scale, zero = _weight_layout(codes_of_levels(best_q, mode, codebook), best_s, zero, group_size, transposed)
     return CompressedWeight(codes, scale, zero, mode, group_size, tuple(w.shape),
-                            float(np.vdot(diff, diff)), float(np.vdot(w2, w2)))
+                            float(np.vdot(diff, diff)), float(np.vdot(w2, w2)), codebook=rtn.codebook)
 
 
 def _weight_layout(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, group_size: int, transposed: bool):

@@ -1,10 +1,4 @@
-"""The typed configuration of weight compression.
-
-``WeightCompressionConfig`` carries the options of NNCF's ``compress_weights``
-with the same defaults, is validated when it is built (each message names the
-field, the value and the fix) and round-trips through JSON.  It imports
-nothing heavy, so the CLI and config handling stay fast.
-"""
+"""``WeightCompressionConfig``: the typed options of one compression, validated when built."""
 
 from __future__ import annotations
 
@@ -15,161 +9,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
-
-__all__ = [
-    "BackupMode",
-    "CompressWeightsMode",
-    "GroupSizeFallback",
-    "IgnoredScope",
-    "SensitivityMetric",
-    "WeightCompressionConfig",
-]
-
-
-class _StrEnum(str, enum.Enum):
-    """An enum that accepts its value in any letter case and prints as its value."""
-
-    @classmethod
-    def coerce(cls, value: Any, field_name: str):
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, enum.Enum):  # e.g. nncf.CompressWeightsMode.INT4_ASYM
-            value = value.value
-        if isinstance(value, str):
-            try:
-                return cls(value.strip().lower())
-            except ValueError:
-                pass
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ConfigError(f"{field_name}={value!r} is not allowed; use one of {allowed}.")
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class CompressWeightsMode(_StrEnum):
-    """Primary precision of the compressed weights."""
-
-    INT8_ASYM = "int8_asym"
-    INT8_SYM = "int8_sym"
-    INT4_SYM = "int4_sym"
-    INT4_ASYM = "int4_asym"
-
-    @property
-    def num_bits(self) -> int:
-        return 4 if self in (CompressWeightsMode.INT4_SYM, CompressWeightsMode.INT4_ASYM) else 8
-
-    @property
-    def is_asym(self) -> bool:
-        return self in (CompressWeightsMode.INT8_ASYM, CompressWeightsMode.INT4_ASYM)
-
-
-class BackupMode(_StrEnum):
-    """Precision of the weights that do not get the primary (4-bit) mode."""
-
-    INT8_ASYM = "int8_asym"
-    INT8_SYM = "int8_sym"
-    NONE = "none"
-
-    def as_mode(self) -> CompressWeightsMode | None:
-        return None if self is BackupMode.NONE else CompressWeightsMode(self.value)
-
-
-class SensitivityMetric(_StrEnum):
-    """How layers are ranked when ``ratio < 1`` decides which get the primary mode."""
-
-    WEIGHT_QUANTIZATION_ERROR = "weight_quantization_error"
-    HESSIAN_INPUT_ACTIVATION = "hessian_input_activation"
-    MEAN_ACTIVATION_VARIANCE = "mean_activation_variance"
-    MAX_ACTIVATION_VARIANCE = "max_activation_variance"
-    MEAN_ACTIVATION_MAGNITUDE = "mean_activation_magnitude"
-
-    @property
-    def needs_data(self) -> bool:
-        return self is not SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
-
-
-class GroupSizeFallback(_StrEnum):
-    """What to do with a layer whose input channels the group size does not divide.
-
-    ``adjust``: use the largest power-of-two divisor of its input channels that
-    is >= 32 (else the backup precision); ``error``: refuse (NNCF's default);
-    ``ignore``: give that layer the backup precision.
-    """
-
-    ADJUST = "adjust"
-    ERROR = "error"
-    IGNORE = "ignore"
-
-
-MIN_ADJUSTED_GROUP_SIZE = 32
-DATA_AWARE_ALGORITHMS = ("awq", "scale_estimation", "gptq", "lora_correction")
-
-
-@dataclass(frozen=True)
-class IgnoredScope:
-    """Layers kept out of compression: exact node names, regex patterns over names, op types."""
-
-    names: tuple[str, ...] = ()
-    patterns: tuple[str, ...] = ()
-    types: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("names", "patterns", "types"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            if not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"ignored_scope.{name}={value!r} must be a list of strings.")
-            object.__setattr__(self, name, tuple(value))
-
-    @classmethod
-    def coerce(cls, value: Any) -> "IgnoredScope":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"names", "patterns", "types", "subgraphs", "validate"})
-            if unknown:
-                raise ConfigError(
-                    f"ignored_scope has unknown keys {unknown}; use 'names', 'patterns' and 'types'."
-                )
-            return cls(
-                names=tuple(value.get("names") or ()),
-                patterns=tuple(value.get("patterns") or ()),
-                types=tuple(value.get("types") or ()),
-            )
-        if all(hasattr(value, a) for a in ("names", "patterns", "types")):  # nncf.IgnoredScope
-            return cls(names=tuple(value.names), patterns=tuple(value.patterns), types=tuple(value.types))
-        raise ConfigError(
-            f"ignored_scope={value!r} is not understood; pass IgnoredScope(names=..., patterns=..., types=...) "
-            "or a dict with those keys."
-        )
-
-    def __bool__(self) -> bool:
-        return bool(self.names or self.patterns or self.types)
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {"names": list(self.names), "patterns": list(self.patterns), "types": list(self.types)}
-
+from ..errors import ConfigError
+from .choices import (
+    DATA_AWARE_ALGORITHMS,
+    BackupMode,
+    CompressWeightsMode,
+    GroupSizeFallback,
+    IgnoredScope,
+    SensitivityMetric,
+)
 
 @dataclass(frozen=True)
 class WeightCompressionConfig:
     """Weight compression options, with NNCF ``compress_weights`` defaults.
 
-    ``group_size=None`` means 128 for INT4 modes and -1 (one scale per output
-    channel) for INT8 modes.  ``ratio`` is the share of the ratio-defining
-    weight *parameters* (every MatMul but the last, plus embeddings and the
-    last MatMul with ``all_layers``) that get the 4-bit mode; the rest get
-    ``backup_mode``.
+    ``group_size=None`` and ``backup_mode=None`` take the mode's NNCF
+    defaults (:attr:`CompressWeightsMode.default_group_size`,
+    :attr:`CompressWeightsMode.default_backup`).  ``ratio`` is the share of the
+    ratio-defining weight *parameters* (every MatMul but the last, plus
+    embeddings and the last MatMul with ``all_layers``) that get the primary
+    mode; the rest get the backup mode.  ``codebook``: the sorted look-up
+    table of ``mode="codebook"`` (required there), or the starting table of
+    ``adaptive_codebook``.
     """
 
     mode: CompressWeightsMode = CompressWeightsMode.INT8_ASYM
     group_size: int | None = None
     ratio: float = 1.0
-    backup_mode: BackupMode = BackupMode.INT8_ASYM
+    backup_mode: BackupMode | None = None
     sensitivity_metric: SensitivityMetric | None = None
     all_layers: bool = False
     ignored_scope: IgnoredScope = field(default_factory=IgnoredScope)
@@ -182,11 +49,15 @@ class WeightCompressionConfig:
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST
     sample_length: int = 128
     lora_rank: int = 8
+    codebook: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         setf("mode", CompressWeightsMode.coerce(self.mode, "mode"))
-        setf("backup_mode", BackupMode.coerce(self.backup_mode, "backup_mode"))
+        if self.backup_mode is not None:
+            setf("backup_mode", BackupMode.coerce(self.backup_mode, "backup_mode"))
+        if self.codebook is not None:
+            setf("codebook", _coerce_codebook(self.codebook))
         setf("group_size_fallback", GroupSizeFallback.coerce(self.group_size_fallback, "group_size_fallback"))
         if self.sensitivity_metric is not None:
             setf("sensitivity_metric", SensitivityMetric.coerce(self.sensitivity_metric, "sensitivity_metric"))
@@ -197,16 +68,22 @@ class WeightCompressionConfig:
                 raise ConfigError(f"{name}={value!r} must be True or False.")
         _check_numbers(self)
         _check_int8_options(self)
+        _check_format_options(self)
         _check_data_options(self)
 
     # -- derived values ---------------------------------------------------
 
     @property
     def effective_group_size(self) -> int:
-        """Group size in use: the given one, or 128 for INT4 and -1 for INT8."""
+        """Group size in use: the given one, or the mode's default (128 for INT4, -1 for INT8, 32 for MX, ...)."""
         if self.group_size is not None:
             return self.group_size
-        return 128 if self.mode.num_bits == 4 else -1
+        return self.mode.default_group_size
+
+    @property
+    def effective_backup_mode(self) -> BackupMode:
+        """Backup precision in use: the given one, or the mode's default (INT8_ASYM; MXFP8 for MX; FP8 for FP4/FP8)."""
+        return self.backup_mode if self.backup_mode is not None else self.mode.default_backup
 
     @property
     def effective_sensitivity_metric(self) -> SensitivityMetric:
@@ -224,12 +101,17 @@ class WeightCompressionConfig:
     @property
     def sensitivity_needs_data(self) -> bool:
         """Mixed precision is ranked by a metric computed on activations."""
-        return self.mode.num_bits == 4 and self.ratio < 1 and self.effective_sensitivity_metric.needs_data
+        return not self.mode.is_int8 and self.ratio < 1 and self.effective_sensitivity_metric.needs_data
+
+    @property
+    def codebook_needs_data(self) -> bool:
+        """An adaptive codebook weighs each input channel by its activations (with a dataset; else by the weights only)."""
+        return self.mode is CompressWeightsMode.ADAPTIVE_CODEBOOK and self.dataset is not None
 
     @property
     def needs_data(self) -> bool:
         """Some option of this config reads calibration data."""
-        return bool(self.data_aware_algorithms) or self.sensitivity_needs_data
+        return bool(self.data_aware_algorithms) or self.sensitivity_needs_data or self.codebook_needs_data
 
     # -- serialisation ----------------------------------------------------
 
@@ -246,6 +128,8 @@ class WeightCompressionConfig:
                 value = value.value
             elif isinstance(value, IgnoredScope):
                 value = value.to_dict()
+            elif f.name == "codebook" and value is not None:
+                value = list(value)
             elif f.name == "dataset" and not isinstance(value, (str, type(None))):
                 value = str(value) if isinstance(value, Path) else None
             out[f.name] = value
@@ -268,7 +152,7 @@ class WeightCompressionConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "WeightCompressionConfig":
         """Read an ``optimum_wc_config.json`` (its schema version is checked, see :mod:`optimum_wc.layout`)."""
-        from .layout import read_config_file  # (on use: `import optimum_wc` loads only the config and errors)
+        from ..layout import read_config_file  # (on use: `import optimum_wc` loads only the config and errors)
 
         return cls.from_dict(read_config_file(Path(path)))
 
@@ -282,7 +166,9 @@ class WeightCompressionConfig:
                     "OVWeightQuantizationConfig or a dict with 'bits', 'sym', 'group_size', ..."
                 )
             config = config.to_dict()
-        return cls(**_optimum_dict_to_kwargs(dict(config)))
+        from .optimum import optimum_dict_to_kwargs
+
+        return cls(**optimum_dict_to_kwargs(dict(config)))
 
     @classmethod
     def coerce(cls, value: Any) -> "WeightCompressionConfig":
@@ -319,9 +205,12 @@ def _check_numbers(c: WeightCompressionConfig) -> None:
 
 
 def _check_int8_options(c: WeightCompressionConfig) -> None:
-    if c.mode.num_bits != 8:
+    if not c.mode.is_int8:
         return
     fix = f"use an INT4 mode or drop the option ({c.mode.value} compresses every layer per output channel)"
+    if c.backup_mode is not None:
+        raise ConfigError(f"backup_mode={c.backup_mode.value} is not allowed with mode={c.mode.value}: every layer "
+                          f"is already 8-bit; {fix}.")
     if c.group_size not in (None, -1):
         raise ConfigError(f"group_size={c.group_size} is not allowed with mode={c.mode.value}; set group_size=-1 or None, or {fix}.")
     if c.ratio != 1:
@@ -338,6 +227,43 @@ def _check_int8_options(c: WeightCompressionConfig) -> None:
             raise ConfigError(f"{name}=True is not allowed with mode={c.mode.value}; it is a 4-bit algorithm, {fix}.")
 
 
+def _coerce_codebook(value: Any) -> tuple[float, ...]:
+    """A codebook as a tuple of floats: 1-D, at least two entries, strictly increasing, at most 256 entries."""
+    try:
+        values = tuple(float(v) for v in (value.tolist() if hasattr(value, "tolist") else value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"codebook={value!r} must be a sorted 1-D list of numbers, e.g. [-1.0, -0.5, 0.0, 0.5, 1.0].") from exc
+    if len(values) < 2:
+        raise ConfigError(f"codebook={list(values)} needs at least two distinct values, e.g. [-1.0, 0.0, 1.0].")
+    if any(a >= b for a, b in zip(values, values[1:])):
+        raise ConfigError(f"codebook={list(values)} must be sorted ascending with distinct values; sort it and drop repeats.")
+    if len(values) > 256 or not all(v == v and abs(v) != float("inf") for v in values):
+        raise ConfigError(f"codebook has {len(values)} entries; use 2 to 256 finite values (4-bit indices up to 16, "
+                          "8-bit up to 256).")
+    return values
+
+
+def _check_format_options(c: WeightCompressionConfig) -> None:
+    """Options that only some formats take: codebooks, and the data-aware algorithms NNCF refuses for FP/MX formats."""
+    if c.mode is CompressWeightsMode.CODEBOOK and c.codebook is None:
+        raise ConfigError("mode=codebook needs codebook=[...] (a sorted list of values, e.g. 16 for 4-bit indices); "
+                          "or use mode='cb4' for the fixed 16-value table.")
+    if c.codebook is not None and c.mode not in (CompressWeightsMode.CODEBOOK, CompressWeightsMode.ADAPTIVE_CODEBOOK):
+        raise ConfigError(f"codebook=... is not used by mode={c.mode.value}; set mode='codebook' (or "
+                          "'adaptive_codebook'), or drop codebook.")
+    fixed = c.mode.fixed_group_size
+    if fixed is not None and c.group_size not in (None, fixed):
+        raise ConfigError(f"group_size={c.group_size} is not allowed with mode={c.mode.value}: the format uses groups "
+                          f"of {fixed}; set group_size={fixed} or leave it unset.")
+    if c.mode.is_int8 or c.mode.allows_data_aware:
+        return
+    for name in DATA_AWARE_ALGORITHMS:
+        if getattr(c, name):
+            raise ConfigError(f"{name}=True is not available with mode={c.mode.value} (NNCF has no data-aware "
+                              "algorithm for the FP4/FP8/MX/NVFP4 formats); set it to False, or use an integer, "
+                              "nf4 or codebook mode.")
+
+
 def _check_data_options(c: WeightCompressionConfig) -> None:
     if c.gptq and c.lora_correction:
         raise ConfigError("gptq=True and lora_correction=True cannot be combined; set one of them to False.")
@@ -351,47 +277,3 @@ def _check_data_options(c: WeightCompressionConfig) -> None:
             f"sensitivity_metric={c.sensitivity_metric.value} needs calibration data; set dataset=..., "
             "or use sensitivity_metric='weight_quantization_error'."
         )
-
-
-# -- optimum-intel conversion ----------------------------------------------
-
-_OPTIMUM_SAME_NAME_KEYS = (
-    "group_size", "ratio", "all_layers", "sensitivity_metric", "dataset", "ignored_scope",
-    "scale_estimation", "gptq", "lora_correction", "group_size_fallback",
-)
-# Keys of optimum-intel's config that we translate, or that only concern its own pipeline.
-_OPTIMUM_KEYS = set(_OPTIMUM_SAME_NAME_KEYS) | {
-    "bits", "sym", "dtype", "weight_format", "quant_method", "awq", "num_samples", "backup_precision",
-    "tokenizer", "processor", "trust_remote_code", "statistics_path", "dq_group_size",
-    "tokenizer_kwargs", "processor_kwargs",
-}
-
-
-def _optimum_dict_to_kwargs(d: dict[str, Any]) -> dict[str, Any]:
-    dtype = (d.get("dtype") or d.get("weight_format") or "").lower()
-    bits = d.get("bits")
-    if bits is None:
-        bits = 4 if dtype.startswith("int4") else 8
-    if dtype and dtype not in ("int4", "int8"):
-        raise ConfigError(f"dtype={dtype!r} from the optimum-intel config is not supported; use 'int4' or 'int8'.")
-    if bits not in (4, 8):
-        raise ConfigError(f"bits={bits!r} from the optimum-intel config is not supported; use 4 or 8.")
-    mode = f"int{bits}_{'sym' if d.get('sym') else 'asym'}"
-    kw: dict[str, Any] = {"mode": mode}
-    quant_method = str(getattr(d.get("quant_method"), "value", d.get("quant_method")) or "default").lower()
-    for key in _OPTIMUM_SAME_NAME_KEYS:
-        if d.get(key) is not None:
-            kw[key] = d[key]
-    if quant_method == "awq" or d.get("awq"):
-        kw["awq"] = True
-    if d.get("num_samples") is not None:
-        kw["subset_size"] = d["num_samples"]
-    if d.get("backup_precision") is not None:
-        kw["backup_mode"] = d["backup_precision"]
-    unknown = sorted(k for k, v in d.items() if k not in _OPTIMUM_KEYS and v not in (None, False, {}, []))
-    if unknown:
-        raise ConfigError(f"optimum-intel option(s) {unknown} have no equivalent in WeightCompressionConfig; remove them.")
-    if bits == 8:  # optimum-intel may carry 4-bit defaults it ignores for 8 bits
-        if kw.get("group_size") in (None, -1):
-            kw.pop("group_size", None)
-    return kw

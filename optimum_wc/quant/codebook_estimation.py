@@ -1,0 +1,97 @@
+"""Adaptive codebook: a 16-entry look-up table fitted to one weight (pure NumPy).
+
+Objective.  With each group normalised by its largest magnitude,
+``u = w / max |w_group|`` in [-1, 1], find the table ``C`` (sorted, with
+``C_0 = -1``, ``C_{K-1} = 1`` and one entry exactly 0, so that every group's
+extremes and zeros are represented) minimising
+
+    L(C) = sum_i a_i (u_i - C[nearest(u_i)])^2,
+
+with ``a_i`` the importance of weight ``i``'s input channel (its mean
+squared activation when calibration statistics are at hand, else 1): the
+weighted weight error, up to each group's scale.  It is one-dimensional
+weighted k-means (Lloyd-Max), solved on a fine histogram of ``u`` from
+CB4's table rescaled to [-1, 1]; Lloyd's steps never increase ``L``.  The
+entries are then rounded to E4M3 (the table's element type in the IR) and
+kept distinct; CB4 itself is returned when it scores better after rounding.
+Deterministic: no random start, fixed bins and iterations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import minifloat
+
+BINS = 4096
+ITERATIONS = 60
+
+
+def normalized_groups(weight: np.ndarray, group_size: int) -> np.ndarray:
+    """``u = w / max |w|`` per group of a 2-D ``[out, in]`` weight (per row with ``group_size == -1``), float32."""
+    w = np.asarray(weight, dtype=np.float32)
+    out_ch, in_ch = w.shape
+    gs = in_ch if group_size == -1 else group_size
+    g = w.reshape(out_ch, in_ch // gs, gs)
+    top = np.max(np.abs(g), axis=2, keepdims=True)
+    return (g / np.where(top > 0, top, 1)).reshape(out_ch, in_ch)
+
+
+def histogram(u: np.ndarray, importance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Bin centres over [-1, 1] and each bin's total importance (``importance`` [in] per column of ``u``, or 1)."""
+    edges = np.linspace(-1.0, 1.0, BINS + 1)
+    weights = None if importance is None else np.broadcast_to(np.asarray(importance, np.float64)[None, :], u.shape)
+    mass, _ = np.histogram(u, bins=edges, weights=weights)
+    return 0.5 * (edges[1:] + edges[:-1]), mass
+
+
+def loss(table: np.ndarray, centres: np.ndarray, mass: np.ndarray) -> float:
+    """``L(C)`` on the histogram, with the table scaled so that its largest magnitude is 1."""
+    c = np.asarray(table, np.float64) / np.max(np.abs(table))
+    boundaries = 0.5 * (c[1:] + c[:-1])
+    nearest = c[np.searchsorted(boundaries, centres)]
+    return float(np.sum(mass * (centres - nearest) ** 2))
+
+
+def lloyd(start: np.ndarray, centres: np.ndarray, mass: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """Weighted 1-D k-means from ``start`` (sorted); entries flagged ``fixed`` do not move."""
+    c = np.array(start, dtype=np.float64)
+    for _ in range(ITERATIONS):
+        cluster = np.searchsorted(0.5 * (c[1:] + c[:-1]), centres)
+        total = np.bincount(cluster, weights=mass, minlength=c.size)
+        moment = np.bincount(cluster, weights=mass * centres, minlength=c.size)
+        new = np.where((total > 0) & ~fixed, moment / np.where(total > 0, total, 1), c)
+        if np.max(np.abs(new - c)) < 1e-7:
+            return new
+        c = new
+    return c
+
+
+def to_e4m3_table(c: np.ndarray) -> np.ndarray:
+    """``c`` (sorted, in [-1, 1]) rounded to E4M3 values, made strictly increasing by stepping up where two meet."""
+    codes = minifloat.e4m3_codes(np.asarray(c, np.float32)).astype(np.int64)
+    values = minifloat.E4M3_VALUES[codes].astype(np.float64)
+    grid = np.unique(minifloat.E4M3_VALUES[np.isfinite(minifloat.E4M3_VALUES)].astype(np.float64))
+    for i in range(1, values.size):
+        if values[i] <= values[i - 1]:
+            values[i] = grid[np.searchsorted(grid, values[i - 1], side="right")]
+    return values.astype(np.float32)
+
+
+def fit_codebook(weight: np.ndarray, group_size: int, importance: np.ndarray | None = None,
+                 start: np.ndarray | None = None) -> np.ndarray:
+    """The adaptive table (float32, E4M3 values, as many entries as ``start``) of a 2-D ``[out, in]`` weight."""
+    start = minifloat.E4M3_VALUES[minifloat.e4m3_codes(np.asarray(start, np.float32))] if start is not None else None
+    if start is None:
+        from .formats import CB4_CODEBOOK
+
+        start = CB4_CODEBOOK
+    centres, mass = histogram(normalized_groups(weight, group_size), importance)
+    init = np.asarray(start, np.float64) / np.max(np.abs(start))
+    init[0], init[-1] = -1.0, 1.0
+    zero = int(np.argmin(np.abs(init)))
+    init[zero] = 0.0
+    fixed = np.zeros(init.size, dtype=bool)
+    fixed[[0, zero, init.size - 1]] = True
+    table = to_e4m3_table(lloyd(init, centres, mass, fixed))
+    return table if loss(table, centres, mass) <= loss(start, centres, mass) else np.asarray(start, np.float32)
