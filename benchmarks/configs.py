@@ -136,8 +136,8 @@ FORMAT_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int3_sym_g128", "int3_sym", group_size=128),
     BenchConfig("int2_sym_g128", "int2_sym", group_size=128),
     BenchConfig("nf4_g128", "nf4", group_size=128),
-    BenchConfig("fp4_g128", "fp4", group_size=128),
-    BenchConfig("fp8_e4m3_g128", "fp8_e4m3", group_size=128),
+    BenchConfig("fp4_g64", "fp4", group_size=64),  # (g128: NNCF fails on the 576-wide embedding, FP8 backup)
+    BenchConfig("fp8_e4m3_g64", "fp8_e4m3", group_size=64),
     BenchConfig("mxfp4", "mxfp4"),
     BenchConfig("mxfp8_e4m3", "mxfp8_e4m3"),
     BenchConfig("nvfp4", "nvfp4"),

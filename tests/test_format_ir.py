@@ -80,7 +80,7 @@ def code_constants(model) -> Counter:
     return found
 
 
-@pytest.mark.parametrize("mode", [m for m in CompressWeightsMode if not m.is_int8 and m is not CompressWeightsMode.ADAPTIVE_CODEBOOK])
+@pytest.mark.parametrize("mode", [m for m in CompressWeightsMode if not m.is_int8])
 def test_constants_per_element_type(mode, llama_ir, read_ir):
     """15 MatMuls + the embedding: 14 in the primary format, the embedding and lm_head in the backup."""
     kwargs = {"codebook": CODEBOOK} if mode is CompressWeightsMode.CODEBOOK else {}
@@ -88,8 +88,8 @@ def test_constants_per_element_type(mode, llama_ir, read_ir):
     fmt = format_of(mode)
     backup = format_of(CompressWeightsMode(WeightCompressionConfig(mode=mode, **kwargs).effective_backup_mode.value))
     expected = Counter({fmt.code_type: 14}) + Counter({backup.code_type: 2})
-    if fmt.codebook:  # the look-up table: E4M3 for CB4, float32 (not counted) for a given codebook
-        expected += Counter({"f8e4m3": 14} if mode is CompressWeightsMode.CB4 else {})
+    if fmt.codebook:  # the look-up table: E4M3 for CB4 and adaptive tables, float32 (not counted) for a given one
+        expected += Counter({} if mode is CompressWeightsMode.CODEBOOK else {"f8e4m3": 14})
     assert code_constants(model) == expected
     scales = Counter(op.get_element_type().get_type_name() for op in model.get_ops()
                      if op.get_type_name() == "Constant" and op.get_friendly_name().endswith("/scale"))
@@ -101,7 +101,7 @@ def test_constants_per_element_type(mode, llama_ir, read_ir):
 FUSED_IN_FC = {"u8", "i8", "u4", "i4", "u2", "nf4", "f4e2m1"}
 
 
-@pytest.mark.parametrize("mode", [m for m in CompressWeightsMode if m is not CompressWeightsMode.ADAPTIVE_CODEBOOK])
+@pytest.mark.parametrize("mode", list(CompressWeightsMode))
 def test_cpu_plugin_runs_compressed_weights(mode, llama_ir, read_ir):
     kwargs = {"codebook": CODEBOOK} if mode is CompressWeightsMode.CODEBOOK else {}
     if not mode.is_int8:

@@ -106,10 +106,11 @@ def plan_layers(
     """Decide mode and group size for every site (in the sites' order)."""
     ignored = ignored_site_names(sites, config.ignored_scope) if config.ignored_scope else set()
     backup, backup_group = backup_precision(config)
+    adjust = config.group_size_fallback is GroupSizeFallback.ADJUST
     plans = [
         LayerPlan(s, None, -1, note="ignored scope")
         if s.name in ignored
-        else _backup_plan(LayerPlan(s, backup, -1, note="" if backup else "backup mode none"), backup_group)
+        else _backup_plan(LayerPlan(s, backup, -1, note="" if backup else "backup mode none"), backup_group, adjust)
         for s in sites
     ]
     active = [p for p in plans if p.site.name not in ignored]
@@ -130,7 +131,7 @@ def plan_layers(
         else:
             p.mode = backup
             p.note = "mixed precision (ratio)" if backup else "mixed precision (ratio), backup mode none"
-            _backup_plan(p, backup_group)
+            _backup_plan(p, backup_group, adjust)
     return plans
 
 
@@ -145,15 +146,22 @@ def backup_precision(config: WeightCompressionConfig) -> tuple[CompressWeightsMo
     return backup.as_mode(), -1
 
 
-def _backup_plan(p: LayerPlan, group_size: int) -> LayerPlan:
-    """Put ``p`` in the backup mode's group size; per channel where that size does not divide its input channels."""
+def _backup_plan(p: LayerPlan, group_size: int, adjust: bool) -> LayerPlan:
+    """Put ``p`` in the backup mode's group size.
+
+    Where that size does not divide the layer's input channels (NNCF fails
+    there), the ADJUST fallback's size is used, else one scale per channel.
+    """
     p.group_size = -1
-    if p.mode is not None and group_size != -1:
-        if p.site.in_channels % group_size == 0:
-            p.group_size = group_size
-        else:
-            p.note = (p.note + "; " if p.note else "") + f"backup group size {group_size} does not divide " \
-                f"{p.site.in_channels} input channels: per channel"
+    if p.mode is None or group_size == -1:
+        return p
+    if p.site.in_channels % group_size == 0:
+        p.group_size = group_size
+        return p
+    adjusted = adjusted_group_size(p.site.in_channels) if adjust else None
+    p.group_size = -1 if adjusted is None else adjusted
+    p.note = (p.note + "; " if p.note else "") + f"backup group size {group_size} does not divide " \
+        f"{p.site.in_channels} input channels: " + ("per channel" if adjusted is None else f"{adjusted}")
     return p
 
 
@@ -205,7 +213,7 @@ def _apply_group_sizes(ratio_defining: list[LayerPlan], config: WeightCompressio
             kept.append(p)
         else:
             p.note = f"group size {gs} does not divide {p.site.in_channels} input channels: backup precision"
-            _backup_plan(p, backup_precision(config)[1])
+            _backup_plan(p, backup_precision(config)[1], config.group_size_fallback is GroupSizeFallback.ADJUST)
     return kept
 
 

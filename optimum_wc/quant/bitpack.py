@@ -15,6 +15,7 @@ independently after AutoGPTQ's and AutoAWQ's ``pack`` methods.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -70,13 +71,31 @@ def pack_u3(values: np.ndarray) -> np.ndarray:
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """``values`` (uint8 codes) in OpenVINO's packed layout for ``bits``-bit element types (2, 3, 4 or 8)."""
+    """``values`` (uint8 codes) in OpenVINO's packed layout for ``bits``-bit element types (2, 3, 4 or 8).
+
+    u3 and u2 are packed by a numba kernel when numba is there (one pass; the
+    NumPy packers above are the reference it is tested against).
+    """
     if bits == 8:
         return np.ascontiguousarray(values).reshape(-1).view(np.uint8)
     packer = {4: pack_nibbles, 3: pack_u3, 2: pack_crumbs}.get(bits)
     if packer is None:
         raise ValueError(f"no packed layout for {bits}-bit values (2, 3, 4 or 8)")
+    if bits in (2, 3) and _numba_packer() is not None:
+        flat = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+        out = np.zeros(packed_size(flat.size, bits), dtype=np.uint8)
+        _numba_packer()(flat, bits, out)
+        return out
     return packer(np.ascontiguousarray(values))
+
+
+@functools.cache
+def _numba_packer():
+    try:
+        from .numba_kernels import pack_sub_byte
+    except ImportError:
+        return None
+    return pack_sub_byte
 
 
 def packed_size(count: int, bits: int) -> int:

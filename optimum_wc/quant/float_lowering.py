@@ -12,7 +12,10 @@ channel with ``g = -1``), in float32, with ``a = max |W|`` over the group:
   weight, ``t = max(max s, eps) / 448``: the group scale becomes
   ``e4m3(s / t) * t``.  The codes use the unrounded ``s`` (as NNCF does).
 * codebooks (CB4, a given table ``C``): ``s = a / max |C|`` (eps if smaller),
-  the code is the index of the entry of ``C`` nearest to ``W / s``.
+  the code is the index of the entry of ``C`` nearest to ``W / s``; an
+  adaptive table is fitted with signed scales, ``s = e / max C`` with ``e``
+  the group's largest-magnitude weight (its sign kept; eps if smaller), so
+  that ``e`` always lands on the table's top entry.
 
 ``W ~ values[code] * s`` in every case.  These are NNCF's formulas in the
 order its OpenVINO-compiled path computes them (the eps floor before the
@@ -35,6 +38,8 @@ _EPS = np.finfo(np.float32).eps
 
 def group_scale(w: np.ndarray, axis: int, fmt: WeightFormat, codebook: np.ndarray | None = None) -> np.ndarray:
     """The float32 scale of each group of ``w`` (reduced over ``axis``, keepdims), before NVFP4's second level."""
+    if fmt.signed_scale:
+        return signed_codebook_scale(w, axis, codebook)
     absmax = np.max(np.abs(w), axis=axis, keepdims=True)
     if fmt.codebook:  # (NNCF's reference order: divide, then the eps floor)
         scale = (absmax / np.max(np.abs(codebook))).astype(np.float32)
@@ -45,6 +50,14 @@ def group_scale(w: np.ndarray, axis: int, fmt: WeightFormat, codebook: np.ndarra
     if fmt.scale_type == "f8e8m0":
         scale = np.ldexp(np.float32(1.0), minifloat.e8m0_exponent(scale)).astype(np.float32)
     return scale
+
+
+def signed_codebook_scale(w: np.ndarray, axis: int, codebook: np.ndarray) -> np.ndarray:
+    """``e / max C`` per group, ``e`` the largest-magnitude weight with its sign (the larger one if ``|min| == max``)."""
+    lo, hi = np.min(w, axis=axis, keepdims=True), np.max(w, axis=axis, keepdims=True)
+    extreme = np.where(np.abs(lo) > hi, lo, hi)
+    scale = (extreme / np.max(codebook)).astype(np.float32)
+    return np.where(np.abs(scale) < _EPS, _EPS, scale).astype(np.float32)
 
 
 def encode_block(w: np.ndarray, axis: int, fmt: WeightFormat, codebook: np.ndarray | None = None,

@@ -29,7 +29,9 @@ class WeightFormat:
     and shifted back by one scalar zero point).  ``max_value``: the largest
     code value a group's largest magnitude is scaled to.  ``global_scale``:
     the per-group scales are themselves E4M3 codes with one float32 scale
-    per weight (NVFP4).  ``codebook``: codes index a look-up table.
+    per weight (NVFP4).  ``codebook``: codes index a look-up table;
+    ``signed_scale``: its group scale carries the sign of the group's
+    largest-magnitude weight, so the table need not be symmetric (adaptive).
     """
 
     mode: M
@@ -40,6 +42,7 @@ class WeightFormat:
     max_value: float = 0.0
     global_scale: bool = False
     codebook: bool = False
+    signed_scale: bool = False  # each group's largest-magnitude weight maps to the table's largest entry, sign and all
 
     @property
     def is_integer(self) -> bool:
@@ -81,7 +84,7 @@ FORMATS: dict[M, WeightFormat] = {f.mode: f for f in (
     WeightFormat(M.NVFP4, "f4e2m1", 4, scale_type="f8e4m3", max_value=minifloat.E2M1_MAX, global_scale=True),
     WeightFormat(M.CB4, "u4", 4, codebook=True),
     WeightFormat(M.CODEBOOK, "u4", 4, codebook=True),
-    WeightFormat(M.ADAPTIVE_CODEBOOK, "u4", 4, codebook=True),
+    WeightFormat(M.ADAPTIVE_CODEBOOK, "u4", 4, codebook=True, signed_scale=True),
 )}
 
 # CB4's fixed table: 16 values that E4M3 represents exactly.
@@ -93,7 +96,7 @@ def format_of(mode: M, codebook_size: int = 16) -> WeightFormat:
     """The format of ``mode``; a codebook of more than 16 entries takes 8-bit indices."""
     fmt = FORMATS[mode]
     if fmt.codebook and codebook_size > 16:
-        return WeightFormat(mode, "u8", 8, codebook=True)
+        return WeightFormat(mode, "u8", 8, codebook=True, signed_scale=fmt.signed_scale)
     return fmt
 
 

@@ -27,102 +27,16 @@ import functools
 
 import numpy as np
 
-_EPS = float(np.finfo(np.float32).eps)
 
 
 @functools.cache
 def _kernels():
-    """Compile (or load from numba's cache) the kernels; None when numba is not installed."""
+    """The compiled kernels (loaded from numba's cache after the first run); None when numba is not installed."""
     try:
-        import numba
+        from . import numba_kernels as nk
     except ImportError:
         return None
-    # No reassociation, no reciprocal division, no FMA contraction: every float32 operation stays as written.
-    # "no NaN / no inf / no signed zero" only lets the min/max loops vectorise; the caller checks the
-    # block is finite (through its squared norm) and takes the reference path otherwise.
-    jit = numba.njit(nogil=True, cache=True, fastmath={"nnan", "ninf", "nsz"}, boundscheck=False)
-
-    @jit
-    def pack_codes(codes, packed):
-        """Two codes per byte, element 0 in the low nibble (an odd last code gets a zero high nibble)."""
-        n = codes.size
-        for i in range(n // 2):
-            packed[i] = (codes[2 * i] & np.uint8(0x0F)) | ((codes[2 * i + 1] & np.uint8(0x0F)) << np.uint8(4))
-        if n % 2:
-            packed[n // 2] = codes[n - 1] & np.uint8(0x0F)
-
-    @jit
-    def row_min_max(w, r, low, high, scratch_low, scratch_high):
-        """``min(low, min w[r])`` and ``max(high, max w[r])``; long rows are halved in scratch (vector loops)."""
-        g = w.shape[1]
-        if g < 256:
-            for k in range(g):
-                low = min(low, w[r, k])
-                high = max(high, w[r, k])
-            return low, high
-        p = 1
-        while p * 2 <= g:
-            p *= 2
-        for j in range(p):
-            scratch_low[j] = w[r, j]
-            scratch_high[j] = w[r, j]
-        for j in range(g - p):  # unsigned indices: no negative-index wrap-around, so the loop vectorises
-            u = np.uint64(p + j)
-            scratch_low[j] = min(scratch_low[j], w[r, u])
-            scratch_high[j] = max(scratch_high[j], w[r, u])
-        while p > 1:
-            p //= 2
-            for j in range(p):
-                u = np.uint64(p + j)
-                scratch_low[j] = min(scratch_low[j], scratch_low[u])
-                scratch_high[j] = max(scratch_high[j], scratch_high[u])
-        return min(low, scratch_low[0]), max(high, scratch_high[0])
-
-    @jit
-    def asym(w, high, codes, scale, zp, err, scratch_low, scratch_high):
-        groups, g = w.shape
-        eps = np.float32(_EPS)
-        zero = np.float32(0.0)
-        fhigh = np.float32(high)
-        for r in range(groups):
-            lo, hi = row_min_max(w, r, zero, zero, scratch_low, scratch_high)
-            s = (hi - lo) / fhigh
-            if abs(s) < eps:
-                s = eps
-            z = zero - np.float32(np.rint(lo / s))
-            z = min(max(z, zero), fhigh)
-            scale[r] = s
-            zp[r] = np.uint8(z)
-            for k in range(g):
-                v = w[r, k]
-                q = np.float32(np.rint(v / s + z))
-                q = min(max(q, zero), fhigh)
-                codes[r, k] = np.uint8(np.int32(q))
-                err[r, k] = (q - z) * s - v
-
-    @jit
-    def sym(w, num_bits, codes, scale, err, scratch_low, scratch_high):
-        groups, g = w.shape
-        eps = np.float32(_EPS)
-        half = np.float32(2 ** (num_bits - 1))
-        low = -half
-        high = half - np.float32(1.0)
-        for r in range(groups):
-            mn, mx = row_min_max(w, r, w[r, 0], w[r, 0], scratch_low, scratch_high)
-            amin = abs(mn)
-            s = amin if amin >= mx else -mx
-            s = s / half
-            if abs(s) < eps:
-                s = eps
-            scale[r] = s
-            for k in range(g):
-                v = w[r, k]
-                q = np.float32(np.rint(v / s))
-                q = min(max(q, low), high)
-                codes[r, k] = np.uint8(np.int32(q))
-                err[r, k] = q * s - v
-
-    return asym, sym, pack_codes
+    return nk.asym, nk.sym, nk.pack_codes
 
 
 def available() -> bool:

@@ -164,6 +164,17 @@ def round_to_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
     if mode.is_integer:
         return rounded_levels(w, scale, zero_point, mode)
     fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    w = np.asarray(w, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
+    per_row = scale.shape == w.shape[:-1] + (1,)  # one scale per last-axis run (else e.g. a GPTQ column: elementwise)
+    if use_fused_kernel() and float_kernels.available() and fmt.code_type != "f8e4m3" and (
+            per_row or scale.shape == w.shape) and np.isfinite(np.sum(scale)) and np.isfinite(np.sum(w)):
+        rows = w.reshape(-1, w.shape[-1] if per_row else 1)
+        code_type = "codebook" if fmt.codebook else fmt.code_type
+        boundaries = minifloat.codebook_boundaries(codebook) if fmt.codebook else minifloat.NF4_BOUNDARIES
+        codes, _, _ = float_kernels.encode_rows(rows, code_type, float_kernels.SCALE_GIVEN, 1.0, fmt.values(codebook),
+                                                boundaries, scale=scale.reshape(-1))
+        return fmt.values(codebook)[codes.reshape(w.shape)]
     return fmt.values(codebook)[fmt.encode(np.divide(w, scale, dtype=np.float32), codebook)]
 
 
@@ -228,7 +239,9 @@ def _fused_float_block(w: np.ndarray, axis: int, fmt, codebook: np.ndarray | Non
     if axis != w.ndim - 1 or not float_kernels.available():
         return None
     if fmt.codebook:
-        rule, top, boundaries = float_kernels.SCALE_CODEBOOK, np.max(np.abs(codebook)), minifloat.codebook_boundaries(codebook)
+        rule, top = (float_kernels.SCALE_SIGNED, np.max(codebook)) if fmt.signed_scale else (
+            float_kernels.SCALE_CODEBOOK, np.max(np.abs(codebook)))
+        boundaries = minifloat.codebook_boundaries(codebook)
     else:
         rule = float_kernels.SCALE_MX if fmt.scale_type == "f8e8m0" else float_kernels.SCALE_PLAIN
         top, boundaries = fmt.max_value, minifloat.NF4_BOUNDARIES
