@@ -248,6 +248,8 @@ def render(
 
 
 LARGE_MODELS = "## Large models"  # written by benchmarks.large_models, kept by benchmarks.run
+FORMATS_SECTION = "## Weight formats"  # written by benchmarks.run --section "Weight formats", kept by the full run
+KEPT_SECTIONS = (FORMATS_SECTION, LARGE_MODELS)
 
 
 def section(text: str, heading: str) -> str | None:

@@ -34,7 +34,7 @@ import numpy as np
 from . import models
 from .configs import CONFIGS, BenchConfig, select_configs
 from .parity import compare_irs
-from .report import LARGE_MODELS, Row, render, section, with_section
+from .report import FORMATS_SECTION, KEPT_SECTIONS, Row, render, section, with_section
 from .worker import CALIB_SEQ_LEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,6 +276,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="calibration texts for data-aware configs (default: the other Austen novels)")
     p.add_argument("--configs", help=f"comma-separated config names, or 'all' (known: {', '.join(CONFIGS)})")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report (default: BENCHMARKS.md)")
+    p.add_argument("--section", help="write the report as the section '## SECTION' of --out, keeping the rest "
+                                      f"(e.g. {FORMATS_SECTION[3:]!r}); default: the whole file, keeping its kept sections")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache and run folder (default: benchmarks/work)")
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--window", type=int, default=512)
@@ -339,9 +341,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         notes=notes_text(args, configs),
     )
-    kept = section(args.out.read_text(), LARGE_MODELS) if args.out.is_file() else None
-    if kept is not None:  # the large-models table comes from benchmarks.large_models: keep it
-        markdown = with_section(markdown, LARGE_MODELS, kept)
+    old = args.out.read_text() if args.out.is_file() else ""
+    if args.section:
+        heading = f"## {args.section}"
+        body = "\n".join(["" if line.startswith("# ") else ("#" + line if line.startswith("## ") else line)
+                          for line in markdown.split("\n")])
+        markdown = with_section(old, heading, heading + "\n" + body.lstrip("\n"))
+    else:
+        for heading in KEPT_SECTIONS:  # sections written by other runs (large models, formats): keep them
+            kept = section(old, heading)
+            if kept is not None:
+                markdown = with_section(markdown, heading, kept)
     args.out.write_text(markdown)
     (run_dir / "results.json").write_text(json.dumps(raw, indent=2, default=str))
     say(f"wrote {args.out} (raw results: {run_dir / 'results.json'})")
