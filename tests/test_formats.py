@@ -332,3 +332,18 @@ def test_rounding_at_a_given_scale_fused_equals_reference(mode, elementwise):
     finally:
         lowering.use_fused_kernel(True)
     assert np.array_equal(fused, ref)
+
+
+def test_adaptive_codebook_with_rows_keeps_the_table_with_the_least_output_error():
+    from optimum_wc.quant.codebook_estimation import choose_codebook, fit_codebook, output_error
+
+    rng = np.random.default_rng(10)
+    w = rng.laplace(size=(48, 128)).astype(np.float32)
+    x = rng.standard_normal((200, 128)).astype(np.float32)
+    x[:, :8] *= 30.0  # a few loud channels, as in real LLM activations
+    importance = np.mean(x.astype(np.float64) ** 2, axis=0)
+    chosen = choose_codebook(w, 32, importance, CB4_CODEBOOK, x)
+    candidates = [fit_codebook(w, 32, importance, CB4_CODEBOOK), fit_codebook(w, 32, None, CB4_CODEBOOK), CB4_CODEBOOK]
+    errors = [output_error(w, 32, c, x) for c in candidates]
+    assert output_error(w, 32, chosen, x) == min(errors)
+    assert np.array_equal(choose_codebook(w, 32, importance, CB4_CODEBOOK), candidates[0])  # no rows: the fit

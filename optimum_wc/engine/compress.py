@@ -80,7 +80,8 @@ def compress_model(
         logger.info("Calibrating on %d samples of up to %d tokens.", len(samples), config.sample_length)
         if config.awq or step.statistics or config.sensitivity_needs_data or config.codebook_needs_data:
             # (layer-wise steps need only their passes)
-            stats = collect_statistics(ov_model, sites, samples, raw_rows=RAW_ROWS if config.awq or step.statistics else 0,
+            rows = config.awq or step.statistics or config.codebook_needs_data
+            stats = collect_statistics(ov_model, sites, samples, raw_rows=RAW_ROWS if rows else 0,
                                        progress=progress, cache_path=statistics_path,
                                        gram_block=GRAM_BLOCK if step.statistics else 0)
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..calibration.statistics import ActivationStats
 from ..config import CompressWeightsMode, WeightCompressionConfig
 from ..errors import ConfigError
-from ..quant.codebook_estimation import fit_codebook
+from ..quant.codebook_estimation import choose_codebook
 from ..quant.gptq import gptq_quantize_layers
 from ..quant.lora import LoraAdapter, fit_lora, whitened_factor
 from ..quant.lowering import CompressedWeight, as_float32, dequantize, quantize
@@ -107,7 +107,8 @@ def fit_codebooks(layers: Sequence[LayerInput], data: StepData) -> Sequence[Laye
         elif st is not None and st.n_tokens:
             importance = st.sum_sq / st.n_tokens
         w = np.moveaxis(as_float32(x.weight), p.site.reduction_axis, -1)
-        p.codebook = fit_codebook(w.reshape(-1, w.shape[-1]), p.group_size, importance, start=p.codebook)
+        rows = st.rows if st is not None and p.site.kind == "matmul" else None
+        p.codebook = choose_codebook(w.reshape(-1, w.shape[-1]), p.group_size, importance, start=p.codebook, rows=rows)
     return layers
 
 

@@ -26,10 +26,16 @@ import functools
 import numpy as np
 
 from . import minifloat
-
-# SCALE_GIVEN: the caller's scale per row; SCALE_SIGNED: the row's largest-magnitude weight, sign kept, / max_value
-SCALE_PLAIN, SCALE_MX, SCALE_CODEBOOK, SCALE_GIVEN, SCALE_SIGNED = 0, 1, 2, 3, 4
-KIND_THRESHOLDS, KIND_E2M1, KIND_E4M3 = 0, 1, 2
+from .kernel_flags import (  # noqa: F401 (the flags callers pass)
+    KIND_E2M1,
+    KIND_E4M3,
+    KIND_THRESHOLDS,
+    SCALE_CODEBOOK,
+    SCALE_GIVEN,
+    SCALE_MX,
+    SCALE_PLAIN,
+    SCALE_SIGNED,
+)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import math
 import numba
 import numpy as np
 
-from .float_kernels import KIND_E2M1, KIND_E4M3, SCALE_CODEBOOK, SCALE_GIVEN, SCALE_MX, SCALE_SIGNED
+from .kernel_flags import KIND_E2M1, KIND_E4M3, SCALE_CODEBOOK, SCALE_GIVEN, SCALE_MX, SCALE_SIGNED
 
 _EPS = float(np.finfo(np.float32).eps)
 
