@@ -118,7 +118,7 @@ def placeholder_arrays(mode: CompressWeightsMode, codes_shape: tuple[int, ...], 
 
     The look-up table and the scalar zero point do not depend on the weight: they are real already.
     """
-    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    fmt = format_of(mode, codebook)
     count = lambda shape: int(np.prod(shape))  # noqa: E731
     codes = zeros[: packed_size(count(codes_shape), fmt.code_bits)]
     zero_point = zeros[: packed_size(count(scale_shape), fmt.code_bits)]

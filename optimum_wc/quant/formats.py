@@ -92,10 +92,11 @@ CB4_CODEBOOK = np.array([-3.5, -2.5, -1.875, -1.375, -1.0, -0.625, -0.3125, 0.0,
                          0.28125, 0.5625, 0.875, 1.125, 1.5, 2.0, 2.5, 3.5], dtype=np.float32)
 
 
-def format_of(mode: M, codebook_size: int = 16) -> WeightFormat:
-    """The format of ``mode``; a codebook of more than 16 entries takes 8-bit indices."""
+def format_of(mode: M, codebook=None) -> WeightFormat:
+    """The format of ``mode``; ``codebook``: its table, or the number of entries (more than 16 take 8-bit indices)."""
     fmt = FORMATS[mode]
-    if fmt.codebook and codebook_size > 16:
+    size = 16 if codebook is None else (codebook if isinstance(codebook, int) else len(codebook))
+    if fmt.codebook and size > 16:
         return WeightFormat(mode, "u8", 8, codebook=True, signed_scale=fmt.signed_scale)
     return fmt
 

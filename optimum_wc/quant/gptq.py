@@ -59,7 +59,7 @@ def group_params(w: np.ndarray, mode: CompressWeightsMode, codebook: np.ndarray 
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """RTN scale (rounded to f16) and zero point of each row of ``w [out, k]``: shapes [out], [out] or None."""
     if not mode.is_integer:
-        fmt = format_of(mode, 16 if codebook is None else len(codebook))
+        fmt = format_of(mode, codebook)
         return _f16(group_scale(np.asarray(w, dtype=np.float32), 1, fmt, codebook)[:, 0]), None
     scale, zp = quantization_params(np.asarray(w, dtype=np.float32), 1, mode)
     return _f16(scale[:, 0]), None if zp is None else zp[:, 0].astype(np.float64)

@@ -79,7 +79,7 @@ class CompressedWeight:
     @property
     def format(self):
         """The :class:`~optimum_wc.quant.formats.WeightFormat` of the codes."""
-        return format_of(self.mode, 16 if self.codebook is None else len(self.codebook))
+        return format_of(self.mode, self.codebook)
 
     @property
     def relative_error(self) -> float:
@@ -163,7 +163,7 @@ def round_to_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
     value of the nearest float-format element / codebook entry of ``w / scale``; float32."""
     if mode.is_integer:
         return rounded_levels(w, scale, zero_point, mode)
-    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    fmt = format_of(mode, codebook)
     w = np.asarray(w, dtype=np.float32)
     scale = np.asarray(scale, dtype=np.float32)
     per_row = scale.shape == w.shape[:-1] + (1,)  # one scale per last-axis run (else e.g. a GPTQ column: elementwise)
@@ -182,7 +182,7 @@ def codes_of_levels(levels: np.ndarray, mode: CompressWeightsMode, codebook: np.
     """The codes of grid values from :func:`round_to_levels` (the data-aware formats' tables are sorted)."""
     if mode.is_integer:
         return np.asarray(levels).astype(np.uint8 if mode.is_asym else np.int8)
-    values = format_of(mode, 16 if codebook is None else len(codebook)).values(codebook)
+    values = format_of(mode, codebook).values(codebook)
     return np.searchsorted(values, np.asarray(levels, dtype=np.float32)).astype(np.uint8)
 
 
@@ -221,7 +221,7 @@ def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: b
 
 def _float_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool, codebook: np.ndarray | None):
     """:func:`_quantize_block` for float formats and codebooks (NVFP4: the error is measured after the second level)."""
-    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    fmt = format_of(mode, codebook)
     flat_w = w.reshape(-1)
     sq_norm = float(np.dot(flat_w, flat_w))
     fused = _fused_float_block(w, axis, fmt, codebook) if use_fused_kernel() and np.isfinite(sq_norm) else None
@@ -296,7 +296,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     """
     if codebook is not None:
         codebook = np.asarray(codebook, dtype=np.float32)
-    fmt = format_of(mode, 16 if codebook is None else len(codebook))
+    fmt = format_of(mode, codebook)
     packed = packed and fmt.code_bits == 4 and not fmt.global_scale
     w, red = grouped(weight, axis, group_size)
     split_axis = 0 if red != 0 else 1
