@@ -347,3 +347,31 @@ def test_adaptive_codebook_with_rows_keeps_the_table_with_the_least_output_error
     errors = [output_error(w, 32, c, x) for c in candidates]
     assert output_error(w, 32, chosen, x) == min(errors)
     assert np.array_equal(choose_codebook(w, 32, importance, CB4_CODEBOOK), candidates[0])  # no rows: the fit
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 100003])
+def test_packing_signed_levels_with_their_offset_equals_packing_the_shifted_codes(bits, count):
+    """int3/int2 store ``level + 2^(b-1)``: the fused add-and-pack equals shifting first, for any tail length."""
+    from optimum_wc.quant import bitpack
+
+    half = 2 ** (bits - 1)
+    levels = np.random.default_rng(count).integers(-half, half, count).astype(np.int8)
+    shifted = (levels.astype(np.int16) + half).astype(np.uint8)
+    reference = bitpack.pack_u3(shifted) if bits == 3 else bitpack.pack_crumbs(shifted)
+    assert np.array_equal(pack_bits(levels, bits, half), reference)
+    assert np.array_equal(pack_bits(shifted, bits), reference)
+
+
+@pytest.mark.parametrize("mode", [M.INT3_SYM, M.INT2_SYM, M.INT4_SYM, M.NF4])
+def test_codes_packed_on_the_worker_equal_the_ir_bytes(mode):
+    """``pack_for_ir`` gives the bytes the IR writer would pack itself, and keeps the codes."""
+    from optimum_wc.ir.decompression import constant_arrays, pack_for_ir
+
+    w = np.random.default_rng(5).normal(size=(24, 64)).astype(np.float32)
+    cw = quantize(w, mode, 32, 1)
+    expected = constant_arrays(cw, "w")["w"]
+    pack_for_ir(cw)
+    assert cw.packed is not None and cw.codes is not None
+    got = constant_arrays(cw, "w")["w"]
+    assert np.array_equal(got[0], expected[0]) and got[1:] == expected[1:]

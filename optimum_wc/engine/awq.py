@@ -15,7 +15,7 @@ import numpy as np
 from ..config import CompressWeightsMode
 from ..ir.absorbers import find_absorber
 from ..ir.sites import activation_source, edit_float_weight, ops_by_name, read_weight
-from ..quant.awq_search import search_scales
+from ..quant.awq_search import search_scales, tied_means
 from .threads import in_order
 
 
@@ -48,14 +48,18 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode, lazy: bool = False
                 records.append({"input": key[0], "layers": names, "alpha": None, "absorbed_by": None, "note": note})
                 continue
             weights = [_as_out_in(read_weight(p.site), p.site.reduction_axis) for p in members]
-            yield key, members, producer, consumers, st, weights
+            ties = find_absorber(producer, consumers).ties
+            mean_abs = st.mean_abs if ties is None else tied_means(st.mean_abs, ties(producer))
+            yield key, members, producer, consumers, (st.rows, mean_abs), weights
 
     def search(item):
-        _key, members, _producer, _consumers, st, weights = item
-        return search_scales(weights, [p.group_size for p in members], st.rows, st.mean_abs, mode, members[0].codebook)
+        _key, members, _producer, _consumers, (rows, mean_abs), weights = item
+        return search_scales(weights, [p.group_size for p in members], rows, mean_abs, mode, members[0].codebook)
 
-    # A group's search reads only its own weights, which no later group edits (absorbers are upstream
-    # producers), so searches run ahead on the thread pool and edits are applied here, in order.
+    # A group's search reads only its own weights, copied before any later group's edit. Absorbers edit
+    # upstream producers: a norm, or an earlier group's weight along its *output* channels (this scales each
+    # of its rows, and their errors, by a constant: its grid stays the same). So searches run ahead on the
+    # thread pool and edits are applied here, in order; the result does not depend on the threading.
     for (key, members, producer, consumers, _st, weights), (s, alpha, rel) in in_order(search, searchable()):
         names = [p.site.name for p in members]
         absorber = find_absorber(producer, consumers)

@@ -22,10 +22,12 @@ from typing import Any, Callable
 from ..calibration.samples import prepare_samples
 from ..calibration.statistics import collect_statistics
 from ..config import WeightCompressionConfig
-from ..ir.decompression import (adapter_input, add_lora_adapter, constant_arrays, replace_with_compressed,
+from ..ir.decompression import (adapter_input, add_lora_adapter, constant_arrays, pack_for_ir, replace_with_compressed,
                                 subgraph_from_arrays)
 from ..ir.rt_info import write_rt_info
 from ..ir.sites import find_weight_sites, ops_by_name, read_weight, set_float_weight
+from ..quant.kernels import warm_up as warm_up_kernels
+from ..quant.lowering import use_fused_kernel
 from ..report import bitwidth_table
 from .awq import apply_awq
 from .layerwise import compress_layerwise
@@ -33,6 +35,9 @@ from .planning import LayerPlan, plan_layers
 from .sensitivity import sensitivity_function
 from .steps import RTN, LayerInput, LayerOutput, Step, StepData, step_for
 from .threads import in_order
+
+if use_fused_kernel():
+    warm_up_kernels()  # numba's one-time load runs while the caller exports or reads the model
 
 logger = logging.getLogger("optimum_wc")
 
@@ -130,7 +135,12 @@ def _compress_now(plans: list[LayerPlan], step_of: Callable[[LayerPlan], Step], 
 
         bar = tqdm(total=len(plans), desc="Compressing weights", unit="layer")
     work = ((p, read_weight(p.site)) for p in plans)  # weights read and graph edits made here, in order
-    for (p, _), out in in_order(lambda item: step_of(item[0]).run([LayerInput(*item)], data)[0], work):
+    def run(item) -> LayerOutput:  # on a worker thread: the maths, and the codes packed as the IR stores them
+        out = step_of(item[0]).run([LayerInput(*item)], data)[0]
+        pack_for_ir(out.compressed)
+        return out
+
+    for (p, _), out in in_order(run, work):
         apply(p, out)
         del out
         if bar is not None:

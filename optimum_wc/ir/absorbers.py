@@ -4,7 +4,10 @@ AWQ multiplies the weights of the MatMuls that share an input ``X`` by
 ``diag(s)`` and needs ``X diag(s)^-1`` upstream.  :data:`ABSORBERS` lists,
 in order of preference, the producer patterns that can take that factor and
 the edit that does it: a norm's constant gain, the up-projection of a gated
-linear unit, and, as a last resort, a Multiply inserted on the activation.
+linear unit, the value projection behind attention, and, as a last resort, a
+Multiply inserted on the activation.  An absorber may tie channels
+(``ties``): the value projection of grouped-query attention feeds several
+heads per channel, so those channels must share one scale.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from .sites import FLOAT_TYPES, activation_input, edit_float_weight, source_constant, weight_of
+from .value_path import value_path
 
 @dataclass(frozen=True)
 class Absorber:
@@ -26,12 +30,15 @@ class Absorber:
     name: str
     matches: Callable[[Any, Sequence[Any]], bool]
     absorb: Callable[[Any, Sequence[Any], np.ndarray, dict], None]
+    # channel -> class: channels of one class must get equal scales (None: all free)
+    ties: Callable[[Any], np.ndarray] | None = None
 
 
 def _only_feeds(producer, consumers) -> bool:
-    """True when every user of ``producer``'s output is one of ``consumers``."""
+    """True when every user of ``producer``'s output is one of ``consumers`` (or reads only its shape)."""
     names = {c.get_friendly_name() for c in consumers}
-    return all(t.get_node().get_friendly_name() in names for t in producer.output(0).get_target_inputs())
+    return all(t.get_node().get_friendly_name() in names or t.get_node().get_type_name() == "ShapeOf"
+               for t in producer.output(0).get_target_inputs())
 
 
 def _constant_operand(node) -> tuple[int, Any] | None:
@@ -83,7 +90,30 @@ def is_gated_linear(producer, consumers) -> bool:
 
 def scale_gated_linear_rows(producer, consumers, factor: np.ndarray, context: dict) -> None:
     """Scale the output channels of the MatMul feeding ``producer`` by ``factor``."""
-    matmul = _gating_matmul(producer)
+    _scale_output_channels(_gating_matmul(producer), factor, context)
+
+
+def is_attention_value(producer, consumers) -> bool:
+    """``producer`` is attention's output, reached from a weighted value projection by data moves only."""
+    return _only_feeds(producer, consumers) and value_path(producer) is not None
+
+
+def value_channels(producer) -> np.ndarray:
+    """The value-projection channel that each channel of ``producer`` carries (the ties of :func:`is_attention_value`)."""
+    return value_path(producer)[1]
+
+
+def scale_value_projection_rows(producer, consumers, factor: np.ndarray, context: dict) -> None:
+    """Scale the value projection's output channels: channel ``j`` by the (tied) factor of the channels carrying it."""
+    matmul, carried = value_path(producer)
+    per_channel = np.ones(matmul.get_output_partial_shape(0)[-1].get_length(), dtype=np.float32)
+    per_channel[carried] = factor  # tied channels hold equal factors: any of them will do
+    if not np.array_equal(per_channel[carried], factor.astype(np.float32)):
+        raise ValueError(f"channels of {producer.get_friendly_name()} that share a value channel got unequal scales")
+    _scale_output_channels(matmul, per_channel, context)
+
+
+def _scale_output_channels(matmul, factor: np.ndarray, context: dict) -> None:
     site = context["all_sites_by_op"].get(matmul.get_friendly_name())
     if site is None:
         raise ValueError(f"no weight site for {matmul.get_friendly_name()}")
@@ -112,6 +142,7 @@ def insert_activation_scale(producer, consumers, factor: np.ndarray, context: di
 ABSORBERS: tuple[Absorber, ...] = (
     Absorber("norm gain (Multiply by a constant)", is_constant_scaling, scale_constant_operand),
     Absorber("gated linear (Multiply fed by a MatMul)", is_gated_linear, scale_gated_linear_rows),
+    Absorber("attention value projection", is_attention_value, scale_value_projection_rows, value_channels),
     Absorber("inserted Multiply", lambda producer, consumers: True, insert_activation_scale),
 )
 

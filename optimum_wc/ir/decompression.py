@@ -47,6 +47,20 @@ def ir_bytes(values: np.ndarray, element_type) -> np.ndarray:
     return np.ascontiguousarray(values)
 
 
+def pack_for_ir(cw: CompressedWeight) -> CompressedWeight:
+    """Fill ``cw.packed`` with the IR's bytes of sub-byte codes (u4/u3/u2/nf4/f4e2m1, offset formats shifted).
+
+    Meant for the worker thread that quantized ``cw``, so that the thread
+    writing the graph only wraps ready bytes; ``codes`` are kept.  Byte and
+    wider codes, and codes already packed, are left as they are.
+    """
+    fmt = cw.format
+    if cw.packed is None and cw.codes is not None and fmt.code_bits < 8:
+        cw.packed = pack_bits(np.ascontiguousarray(cw.codes), fmt.code_bits, fmt.offset)
+        cw.packed_shape = tuple(cw.codes.shape)
+    return cw
+
+
 def _constant(data: np.ndarray, element_type, shape, name: str, shared: bool = False):
     const = ov_op.Constant(ov.Tensor(data, ov.Shape(list(shape)), element_type), shared_memory=shared)
     const.set_friendly_name(name)

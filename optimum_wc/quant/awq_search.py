@@ -33,6 +33,19 @@ def smoothing_scales(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
     return s.astype(np.float32)
 
 
+def tied_means(mean_abs: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``mean_abs`` averaged within each class of channels (``classes[c]`` = class of channel ``c``).
+
+    Channels that must share one smoothing scale (e.g. the heads that read
+    one value channel in grouped-query attention) get their class's mean
+    magnitude, so that ``s = m^alpha`` is equal across each class.
+    """
+    classes = np.asarray(classes).reshape(-1)
+    sums = np.bincount(classes, weights=mean_abs.astype(np.float64))
+    counts = np.bincount(classes)
+    return (sums / np.maximum(counts, 1))[classes].astype(mean_abs.dtype)
+
+
 def awq_loss(weights: Sequence[np.ndarray], group_sizes: Sequence[int], x: np.ndarray, s: np.ndarray,
              mode: CompressWeightsMode, codebook: np.ndarray | None = None) -> float:
     """``sum_l || (Q(W_l s) / s - W_l) X^T ||^2 / N`` for [out, C] weights and ``x [N, C]``."""

@@ -70,12 +70,21 @@ def pack_u3(values: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
-def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+def pack_bits(values: np.ndarray, bits: int, offset: int = 0) -> np.ndarray:
     """``values`` (uint8 codes) in OpenVINO's packed layout for ``bits``-bit element types (2, 3, 4 or 8).
 
-    u3 and u2 are packed by a numba kernel when numba is there (one pass; the
-    NumPy packers above are the reference it is tested against).
+    ``offset`` is added to every value first (wrapping in a byte: int8 levels
+    ``[-2^(b-1), 2^(b-1))`` plus ``2^(b-1)`` become the unsigned codes of
+    int3/int2).  u3 and u2 are packed by a numba kernel when numba is there
+    (one pass; the NumPy packers above are the reference it is tested against).
     """
+    if offset:
+        if bits in (2, 3) and _numba_packer() is not None:
+            flat = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+            out = np.empty(packed_size(flat.size, bits), dtype=np.uint8)
+            _numba_packer()(flat, bits, offset, out)
+            return out
+        values = np.ascontiguousarray(values).view(np.uint8) + np.uint8(offset)
     if bits == 8:
         return np.ascontiguousarray(values).reshape(-1).view(np.uint8)
     packer = {4: pack_nibbles, 3: pack_u3, 2: pack_crumbs}.get(bits)
@@ -83,8 +92,8 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"no packed layout for {bits}-bit values (2, 3, 4 or 8)")
     if bits in (2, 3) and _numba_packer() is not None:
         flat = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
-        out = np.zeros(packed_size(flat.size, bits), dtype=np.uint8)
-        _numba_packer()(flat, bits, out)
+        out = np.empty(packed_size(flat.size, bits), dtype=np.uint8)
+        _numba_packer()(flat, bits, 0, out)
         return out
     return packer(np.ascontiguousarray(values))
 

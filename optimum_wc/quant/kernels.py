@@ -39,6 +39,33 @@ def _kernels():
     return nk.asym, nk.sym, nk.pack_codes
 
 
+_WARMING: list = []
+
+
+def warm_up() -> None:
+    """Load the kernels on a background thread (once per process), so that the first quantization does not wait.
+
+    Importing numba and loading the first cached kernel take about 0.3 s,
+    once per process; the engine starts this when it is imported, so the
+    load overlaps whatever the caller does next (exporting or reading the
+    model).  A later call of a kernel simply waits for the load to finish.
+    """
+    if _WARMING:
+        return
+    import threading
+
+    def load() -> None:
+        loaded = _kernels()
+        if loaded is not None:  # one call per kernel family: the first call of a cached numba function loads it
+            w = np.zeros((1, 2), dtype=np.float32)
+            quantize_rows(w, 4, True, True)
+            quantize_rows(w, 4, False, False)
+
+    thread = threading.Thread(target=load, name="optimum-wc-kernels", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
+
+
 def available() -> bool:
     """True when numba is installed and the fused kernels can run."""
     return _kernels() is not None

@@ -71,7 +71,7 @@ class CompressedWeight:
     original_shape: tuple[int, ...]
     sq_error: float = 0.0  # sum of (W - dequantized)^2, measured while quantizing
     sq_norm: float = 0.0  # sum of W^2
-    packed: np.ndarray | None = None  # 4-bit codes already packed two per byte (then ``codes`` is None)
+    packed: np.ndarray | None = None  # sub-byte codes already in the IR's packed layout (``codes`` may be None)
     packed_shape: tuple[int, ...] = ()  # the shape of the codes that ``packed`` holds
     global_scale: np.ndarray | None = None  # NVFP4: the float32 scale of the group scales (keepdims)
     codebook: np.ndarray | None = None  # codebook modes: the float32 look-up table the codes index

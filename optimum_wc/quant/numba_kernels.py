@@ -184,15 +184,61 @@ def encode_rows(w, sign_bits, kind, scale_rule, max_value, thresholds, values, c
 
 
 @int_jit
-def pack_sub_byte(values, bits, out):
-    """``values`` (uint8) in OpenVINO's u2 or u3 layout (see :mod:`.bitpack`); ``out`` is zero-filled and sized."""
+def pack_sub_byte(values, bits, offset, out):
+    """``values + offset`` (uint8, wrapping) in OpenVINO's u2 or u3 layout (see :mod:`.bitpack`); ``out`` is sized.
+
+    Each output byte is computed in registers and written once: a run of 4
+    values per byte for u2, of 8 values per 3 bytes for u3; the short last
+    run is padded with zero values (not ``offset``).
+    """
     n = values.size
+    per = 4 if bits == 2 else 8
+    full = n // per
+    off = np.uint8(offset)
     if bits == 2:
-        for i in range(n):
-            out[i >> 2] |= (values[i] & np.uint8(3)) << np.uint8(2 * (i & 3))
+        for r in range(full):
+            f = 4 * r
+            out[r] = (((values[f] + off) & np.uint8(3)) | (((values[f + 1] + off) & np.uint8(3)) << np.uint8(2))
+                      | (((values[f + 2] + off) & np.uint8(3)) << np.uint8(4))
+                      | (((values[f + 3] + off) & np.uint8(3)) << np.uint8(6)))
+    else:
+        for r in range(full):
+            f = 8 * r
+            v0 = (values[f] + off) & np.uint8(7)
+            v1 = (values[f + 1] + off) & np.uint8(7)
+            v2 = (values[f + 2] + off) & np.uint8(7)
+            v3 = (values[f + 3] + off) & np.uint8(7)
+            v4 = (values[f + 4] + off) & np.uint8(7)
+            v5 = (values[f + 5] + off) & np.uint8(7)
+            v6 = (values[f + 6] + off) & np.uint8(7)
+            v7 = (values[f + 7] + off) & np.uint8(7)
+            t = np.uint8(3)
+            out[3 * r] = ((v0 & t) << np.uint8(6)) | ((v1 & t) << np.uint8(4)) | ((v2 & t) << np.uint8(2)) | (v3 & t)
+            out[3 * r + 1] = ((v4 & t) << np.uint8(6)) | ((v5 & t) << np.uint8(4)) | ((v6 & t) << np.uint8(2)) | (v7 & t)
+            out[3 * r + 2] = (((v0 >> np.uint8(2)) << np.uint8(7)) | ((v1 >> np.uint8(2)) << np.uint8(6))
+                              | ((v2 >> np.uint8(2)) << np.uint8(5)) | ((v3 >> np.uint8(2)) << np.uint8(4))
+                              | ((v4 >> np.uint8(2)) << np.uint8(3)) | ((v5 >> np.uint8(2)) << np.uint8(2))
+                              | ((v6 >> np.uint8(2)) << np.uint8(1)) | (v7 >> np.uint8(2)))
+    if full * per < n:  # the short last run, padded with zero values
+        tail = np.zeros(per, dtype=np.uint8)
+        for k in range(n - full * per):
+            tail[k] = values[full * per + k] + off
+        rest = out[full * (1 if bits == 2 else 3):]
+        pack_sub_byte_tail(tail, bits, rest)
+
+
+@int_jit
+def pack_sub_byte_tail(tail, bits, out):
+    """One run (4 values for u2, 8 for u3, already offset) into its 1 or 3 bytes."""
+    if bits == 2:
+        out[0] = np.uint8(0)
+        for k in range(4):
+            out[0] |= (tail[k] & np.uint8(3)) << np.uint8(2 * k)
         return
-    for i in range(n):  # u3: per run of 8, bytes of the low two bits (first value on top), then the high bits
-        run, k = i >> 3, i & 7
-        v = values[i] & np.uint8(7)
-        out[3 * run + (k >> 2)] |= (v & np.uint8(3)) << np.uint8(6 - 2 * (k & 3))
-        out[3 * run + 2] |= (v >> np.uint8(2)) << np.uint8(7 - k)
+    out[0] = np.uint8(0)
+    out[1] = np.uint8(0)
+    out[2] = np.uint8(0)
+    for k in range(8):
+        v = tail[k] & np.uint8(7)
+        out[k >> 2] |= (v & np.uint8(3)) << np.uint8(6 - 2 * (k & 3))
+        out[2] |= (v >> np.uint8(2)) << np.uint8(7 - k)
