@@ -256,7 +256,7 @@ FORMAT_NOTES = (
      "few fits on the layer-output error; README \"Weight formats\") differ by design, so no layer is identical. "
      "Both store one 16-byte E4M3 table per layer, and OpenVINO's serializer writes equal constants once: the size "
      "difference (16 bytes per table) is how many layers' tables happen to coincide (ours: 173 distinct tables of "
-     "210 in a separate check; the rest equal the CB4 start table), not a difference of format."),
+     "210 in a separate check, 4 of them CB4's start table), not a difference of format."),
 )
 
 
