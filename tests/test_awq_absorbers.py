@@ -136,3 +136,27 @@ def test_compressed_awq_model_has_no_inserted_multiply(gains_ir, read_ir, tokeni
     ref = run_logits(read_ir(gains_ir), ids)
     out = run_logits(model, ids)
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref - ref.mean()) < 0.3
+
+
+def test_statistics_of_the_smoothed_input_equal_statistics_of_x_over_s():
+    """After AWQ a group reads ``X / s``: its statistics (scale estimation's input) must be those of ``X / s``."""
+    from optimum_wc.calibration.statistics import ActivationStats
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 10, 8)).astype(np.float32)
+    f = rng.uniform(0.2, 3.0, size=8)
+
+    def stats_of(a: np.ndarray) -> ActivationStats:
+        st = ActivationStats(channels=8, gram_block=4)
+        st.add_moments(np.stack([a.sum(1), (a * a).sum(1), np.abs(a).sum(1), np.abs(a).max(1)], axis=1), 10)
+        flat = a.reshape(-1, 8).astype(np.float64)
+        st.add_gram(np.stack([flat[:, b:b + 4].T @ flat[:, b:b + 4] for b in (0, 4)]))
+        st.add_rows(a)
+        return st
+
+    scaled = stats_of(x)
+    scaled.scale_channels(f)
+    direct = stats_of((x * f).astype(np.float32))
+    for name in ("sum", "sum_sq", "sum_abs", "max_abs", "rows", "gram"):
+        assert np.allclose(getattr(scaled, name), getattr(direct, name), rtol=1e-5, atol=1e-6), name
+    assert np.allclose(scaled.group_grams(4), direct.group_grams(4), rtol=1e-5)

@@ -91,6 +91,22 @@ class ActivationStats:
     def add_rows(self, rows: np.ndarray) -> None:
         self.raw.append(np.ascontiguousarray(rows.reshape(-1, self.channels), dtype=np.float32))
 
+    def scale_channels(self, factor: np.ndarray) -> None:
+        """The statistics of ``X diag(factor)``: what the MatMuls read once AWQ moved ``diag(1 / s)`` upstream.
+
+        Moments, magnitudes, raw rows and Gram blocks are rescaled exactly;
+        the per-sample summaries (already used to rank the layers) are kept.
+        """
+        f = np.asarray(factor, dtype=np.float64).reshape(-1)
+        self.sum *= f
+        self.sum_sq *= f * f
+        self.sum_abs *= np.abs(f)
+        self.max_abs = (self.max_abs * np.abs(f)).astype(np.float32)
+        self.raw = [(rows * f.astype(np.float32)).astype(np.float32) for rows in self.raw]
+        if self.gram is not None:
+            blocks = f.reshape(-1, self.gram_block)
+            self.gram *= blocks[:, :, None] * blocks[:, None, :]
+
     @property
     def mean(self) -> np.ndarray:
         return self.sum / max(self.n_tokens, 1)

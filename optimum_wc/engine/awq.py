@@ -69,6 +69,7 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode, lazy: bool = False
         absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op, "lazy": lazy})
         for p in members:
             edit_float_weight(p.site, functools.partial(_scale_inputs, s=s, axis=p.site.reduction_axis), lazy)
+        stats[members[0].site.name].scale_channels(1.0 / s)  # the group now reads X / s (scale estimation's input)
         records.append({"input": key[0], "layers": names, "alpha": alpha, "loss_vs_rtn": round(rel, 4),
                         "absorbed_by": absorber.name})
     return records
