@@ -39,6 +39,7 @@ class Planted:
     scales: np.ndarray  # float16 [groups, out]
     g_idx: np.ndarray  # int64 [in], group of each input channel
     bias: np.ndarray | None = None
+    bits: int = 0  # the layer's bits (0: the checkpoint's)
 
     def dequantized(self) -> np.ndarray:
         """``scales[g(i), o] * (codes[o, i] - zeros[g(i), o])`` in float32 (exact: few-bit integer times f16)."""
@@ -54,6 +55,8 @@ class Planted:
 
 def pack_gptq_rows(values: np.ndarray, bits: int) -> np.ndarray:
     """uint [n, m] -> int32 [n * bits / 32, m]: value row ``r * p + k`` at bits ``[bits k, bits k + bits)`` of row r."""
+    if bits == 3:
+        return pack_gptq_3bit_rows(values)
     per = 32 // bits
     v = values.astype(np.uint32)
     out = np.zeros((v.shape[0] // per, v.shape[1]), dtype=np.uint32)
@@ -63,8 +66,39 @@ def pack_gptq_rows(values: np.ndarray, bits: int) -> np.ndarray:
     return out.view(np.int32)
 
 
+def pack_gptq_3bit_rows(values: np.ndarray) -> np.ndarray:
+    """uint3 [n, m] -> int32 [3 n / 32, m], written after the loop of AutoGPTQ's / AutoRound's ``pack`` for 3 bits
+    (``auto_round_extension/torch/qlinear_torch_zp.py``, ``pack_3bits``): 32 values per 3 words, values 10 and 21
+    split across two words."""
+    v = values.astype(np.uint32)
+    out = np.zeros((v.shape[0] // 32 * 3, v.shape[1]), dtype=np.uint32)
+    i, row = 0, 0
+    while row < out.shape[0]:
+        for j in range(10):
+            out[row] |= v[i + j] << np.uint32(3 * j)
+        i += 10
+        out[row] |= v[i] << np.uint32(30)
+        row += 1
+        out[row] |= (v[i] >> np.uint32(2)) & np.uint32(1)
+        i += 1
+        for j in range(10):
+            out[row] |= v[i + j] << np.uint32(3 * j + 1)
+        i += 10
+        out[row] |= v[i] << np.uint32(31)
+        row += 1
+        out[row] |= (v[i] >> np.uint32(1)) & np.uint32(3)
+        i += 1
+        for j in range(10):
+            out[row] |= v[i + j] << np.uint32(3 * j + 2)
+        i += 10
+        row += 1
+    return out.view(np.int32)
+
+
 def pack_gptq_columns(values: np.ndarray, bits: int) -> np.ndarray:
     """uint [n, m] -> int32 [n, m * bits / 32]: column ``c * p + k`` at bits ``[bits k, bits k + bits)`` of column c."""
+    if bits == 3:  # the rows' loop along the columns (AutoGPTQ packs qzeros the same way)
+        return np.ascontiguousarray(pack_gptq_3bit_rows(values.T).T)
     per = 32 // bits
     v = values.astype(np.uint32)
     out = np.zeros((v.shape[0], v.shape[1] // per), dtype=np.uint32)
@@ -129,12 +163,18 @@ def write_checkpoint(
     shards: int = 1,
     dtype: str | None = None,
     seed: int = 0,
+    dynamic: dict | None = None,
+    quant_config: dict | None = None,
+    awq_version: str = "gemm",
 ) -> dict[str, Planted]:
     """Write a GPTQ/AWQ checkpoint of ``float_dir``'s model into ``out_dir``; return the planted layers by prefix.
 
     ``config_file``: where the quantization settings go (``config.json``'s
     ``quantization_config`` or a ``quantize_config.json``).  ``dtype`` casts the
-    float tensors (and sets the config's dtype).
+    float tensors (and sets the config's dtype).  ``dynamic``: GPTQModel's
+    per-module rules (``"-:regex"`` keeps a layer float, ``"+:regex"`` or a
+    bare regex sets its ``bits`` / ``group_size``; the first match wins).
+    ``quant_config`` replaces the written quantization config (AutoRound's, say).
     """
     import torch
 
@@ -154,40 +194,60 @@ def write_checkpoint(
             result[name] = tensor.to(torch_dtype) if torch_dtype is not None and tensor.is_floating_point() else tensor
             continue
         prefix = match.group(1)
+        rule = next((r for r in (dynamic or {}) if re.match(r[2:] if r[:2] in ("-:", "+:") else r, prefix)), None)
+        if rule is not None and rule.startswith("-:"):
+            result[name] = tensor.to(torch_dtype) if torch_dtype is not None else tensor
+            continue
+        layer = {"bits": bits, "group_size": group_size, **({} if rule is None else dynamic[rule])}
+        bits_l, group_l = layer["bits"], layer["group_size"]
         w = tensor.float().numpy()
         n_out, n_in = w.shape
-        gs = n_in if group_size == -1 else group_size
-        n_groups = n_in // gs
-        high = 2**bits - 1
+        gs = n_in if group_l == -1 else group_l
+        n_groups = -(-n_in // gs)  # GPTQ tools: ceil(in / g) groups, the last one partial when g does not divide
+        high = 2**bits_l - 1
         codes = rng.integers(0, high + 1, size=(n_out, n_in))
         if sym:
-            zeros = np.full((n_groups, n_out), 2 ** (bits - 1), dtype=np.int64)
+            zeros = np.full((n_groups, n_out), 2 ** (bits_l - 1), dtype=np.int64)
         else:  # v1 cannot store a zero point of 0 (it stores zero - 1)
             zeros = rng.integers(1 if checkpoint_format == "gptq" else 0, high + 1, size=(n_groups, n_out))
         scales = (np.float32(w.std()) * 8 / high * rng.uniform(0.5, 1.5, size=(n_groups, n_out))).astype(np.float16)
-        if desc_act and group_size != -1:
+        if desc_act and group_l != -1:
             order = rng.permutation(n_in)
             g_idx = np.empty(n_in, dtype=np.int64)
             g_idx[order] = np.arange(n_in) // gs
         else:
             g_idx = np.arange(n_in) // gs
-        planted[prefix] = Planted(codes, zeros, scales, g_idx)
+        planted[prefix] = Planted(codes, zeros, scales, g_idx, bits=bits_l)
+        if method == "awq" and awq_version == "gemv":  # AutoAWQ's WQLinear_GEMV.from_linear
+            width = -(-(-(-n_groups // 8)) // {32: 4, 64: 2}.get(gs, 1)) * {32: 4, 64: 2}.get(gs, 1)
+            padded_zeros = np.zeros((n_out, width * 8), dtype=np.int64)
+            padded_zeros[:, :n_groups] = zeros.T
+            padded_scales = np.zeros((n_out, width * 8), dtype=np.float16)
+            padded_scales[:, :n_groups] = scales.T
+            result[f"{prefix}.qweight"] = torch.from_numpy(pack_gptq_columns(codes, 4).copy())
+            result[f"{prefix}.qzeros"] = torch.from_numpy(pack_gptq_columns(padded_zeros, 4).copy())
+            result[f"{prefix}.scales"] = torch.from_numpy(padded_scales)
+            continue
         if method == "awq":
             result[f"{prefix}.qweight"] = torch.from_numpy(pack_awq(codes.T).copy())
             result[f"{prefix}.qzeros"] = torch.from_numpy(pack_awq(zeros).copy())
         else:
             stored = zeros - (1 if checkpoint_format == "gptq" else 0)
-            result[f"{prefix}.qweight"] = torch.from_numpy(pack_gptq_rows(codes.T, bits).copy())
-            result[f"{prefix}.qzeros"] = torch.from_numpy(pack_gptq_columns(stored & high, bits).copy())
+            result[f"{prefix}.qweight"] = torch.from_numpy(pack_gptq_rows(codes.T, bits_l).copy())
+            result[f"{prefix}.qzeros"] = torch.from_numpy(pack_gptq_columns(stored & high, bits_l).copy())
             result[f"{prefix}.g_idx"] = torch.from_numpy(g_idx.astype(np.int32))
         result[f"{prefix}.scales"] = torch.from_numpy(scales.copy())
     _save_tensors(result, out_dir, shards)
 
     if method == "awq":
-        qc = {"quant_method": "awq", "bits": bits, "group_size": group_size, "zero_point": True, "version": "gemm"}
+        qc = {"quant_method": "awq", "bits": bits, "group_size": group_size, "zero_point": True, "version": awq_version}
     else:
         qc = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": sym, "desc_act": desc_act,
               "checkpoint_format": checkpoint_format}
+        if dynamic:
+            qc["dynamic"] = dynamic
+    if quant_config is not None:
+        qc = quant_config
     config = json.loads((out_dir / "config.json").read_text())
     if dtype:
         config["dtype"] = dtype

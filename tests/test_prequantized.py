@@ -34,6 +34,7 @@ from gptq_writer import (
 )
 from optimum_wc import ExportError, WeightCompressionConfig
 from optimum_wc.config import CompressWeightsMode
+from optimum_wc.checkpoints import formats as formats_module
 from optimum_wc.checkpoints.formats import PrequantizedFormat, detect_prequantized
 from optimum_wc.checkpoints.layers import convert_gptq_layer
 from optimum_wc.checkpoints.reader import PrequantizedCheckpoint
@@ -67,10 +68,11 @@ def check_ir_matches_planted(model, planted, bits: int, sym: bool) -> None:
             name = f"self.{prefix}._openvino_orig_weight"
         const = consts[name]
         n_out, n_in = p.codes.shape
-        n_groups = p.scales.shape[0]
-        expected_type = ("i" if sym else "u") + str(bits)
+        group_size = int(np.sum(p.g_idx == 0))  # the first group is whole (GPTQ: only the last may be partial)
+        layer_bits = p.bits or bits
+        expected_type = ("i" if sym else "u") + ("4" if layer_bits <= 4 else "8")  # 2/3-bit codes in 4-bit constants
         assert OV_TYPES[const.get_element_type()] == expected_type, (prefix, const.get_element_type())
-        natural = np.array_equal(p.g_idx, np.arange(n_in) // (n_in // n_groups))
+        natural = np.array_equal(p.g_idx, np.arange(n_in) // group_size)
         perm = np.arange(n_in) if natural else np.argsort(p.g_idx, kind="stable")
         assert (f"{name}/input_gather" in gathers) == (not natural)
         if not natural:
@@ -79,16 +81,19 @@ def check_ir_matches_planted(model, planted, bits: int, sym: bool) -> None:
         codes = constant_codes(const).reshape(n_out, n_in)
         scale = consts[f"{name}/scale"].get_data()
         assert scale.dtype == np.float16
-        assert np.array_equal(scale.reshape(n_out, n_groups), p.scales.T)  # same f16 bits
+        n_groups = scale.size // n_out  # ragged groups: equal sub-groups of gcd(in, group size) channels
+        owner = (np.arange(n_groups) * (n_in // n_groups)) // group_size
+        assert n_groups == p.scales.shape[0] or n_in % group_size
+        assert np.array_equal(scale.reshape(n_out, n_groups), p.scales.T[:, owner])  # same f16 bits
         if sym:
             assert f"{name}/zero_point" not in consts
-            assert np.array_equal(codes + 2 ** (bits - 1), p.codes[:, perm])
-            zp = np.full((n_out, n_groups), 2 ** (bits - 1))
-            codes = codes + 2 ** (bits - 1)
+            assert np.array_equal(codes + 2 ** (layer_bits - 1), p.codes[:, perm])
+            zp = np.full((n_out, n_groups), 2 ** (layer_bits - 1))
+            codes = codes + 2 ** (layer_bits - 1)
         else:
             zp = constant_codes(consts[f"{name}/zero_point"]).reshape(n_out, n_groups)
             assert np.array_equal(codes, p.codes[:, perm])
-            assert np.array_equal(zp, p.zeros.T)
+            assert np.array_equal(zp, p.zeros.T[:, owner])
         # the IR's decompression (f16 Subtract then Multiply) against the checkpoint's own dequantization, bit for bit
         levels = (codes.reshape(n_out, n_groups, -1) - zp[:, :, None]).astype(np.float16)
         grouped = levels * scale.reshape(n_out, n_groups, 1)
@@ -105,10 +110,10 @@ def assert_logits_close(out: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) ->
 # --------------------------------------------------------------------------- pure NumPy layouts
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_unpackers_invert_the_reference_packers(bits):
     rng = np.random.default_rng(bits)
-    values = rng.integers(0, 2**bits, size=(64, 48))
+    values = rng.integers(0, 2**bits, size=(64, 64 if bits == 3 else 48))  # 3 bits: runs of 32 values
     assert np.array_equal(unpack_along_rows(pack_gptq_rows(values, bits), bits), values)
     assert np.array_equal(unpack_along_columns(pack_gptq_columns(values, bits), bits), values)
     if bits == 4:
@@ -155,9 +160,46 @@ def test_sym_checkpoint_with_other_zero_points_keeps_them():
 
 def test_act_order_groups_must_be_whole():
     g_idx = np.array([0, 0, 0, 1, 1, 1, 1, 1])  # 3 and 5 channels: not a GPTQ grouping
-    with pytest.raises(ExportError, match=r"l\.g_idx puts 3 input channels in group 0, but every group must hold 4"):
+    with pytest.raises(ExportError, match=r"l\.g_idx puts 3 input channels in group 0, but that group must hold 4"):
         convert_gptq_layer("l", _fmt(desc_act=True), pack_gptq_rows(np.zeros((8, 8), int), 4),
                            pack_gptq_columns(np.zeros((2, 8), int), 4), np.ones((2, 8), np.float16), g_idx, 8, 8)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_ragged_groups_split_into_equal_sub_groups(act_order):
+    """24 inputs, group size 16: groups of 16 and 8 become three groups of gcd = 8 with repeated parameters."""
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 16, size=(8, 24))
+    zeros = rng.integers(1, 16, size=(2, 8))
+    scales = rng.uniform(0.5, 2, size=(2, 8)).astype(np.float16)
+    g_idx = np.arange(24) // 16
+    if act_order:
+        order = rng.permutation(24)
+        g_idx = np.empty(24, dtype=np.int64)
+        g_idx[order] = np.arange(24) // 16
+    lw = convert_gptq_layer("l", _fmt(group_size=16, desc_act=act_order), pack_gptq_rows(codes.T, 4),
+                            pack_gptq_columns(zeros - 1, 4), scales, g_idx.astype(np.int32), 24, 8)
+    cw = lw.compressed
+    assert cw.group_size == 8 and cw.codes.shape == (8, 3, 8) and "3 sub-groups of 8" in lw.note
+    expected = (codes - zeros[g_idx].T) * scales[g_idx].T.astype(np.float32)
+    assert np.array_equal(lw.dequantized(), expected.astype(np.float32))
+
+
+def test_act_order_ragged_groups_must_have_the_gptq_sizes():
+    g_idx = np.array([0] * 12 + [1] * 12)  # 24 inputs with group size 16 hold 16 + 8, not 12 + 12
+    with pytest.raises(ExportError, match=r"puts 12 input channels in group 0, but that group must hold 16"):
+        convert_gptq_layer("l", _fmt(group_size=16, desc_act=True), pack_gptq_rows(np.zeros((24, 8), int), 4),
+                           pack_gptq_columns(np.zeros((2, 8), int), 4), np.ones((2, 8), np.float16), g_idx, 24, 8)
+
+
+def test_three_bit_words_straddle_as_gptq_packs_them():
+    """Value 10 of a run of 32 takes bits 30-31 of word 0 and bit 0 of word 1 (AutoGPTQ's 3-bit layout)."""
+    values = np.zeros((32, 1), dtype=np.int64)
+    values[10, 0] = 0b101
+    values[21, 0] = 0b110
+    words = pack_gptq_rows(values, 3).view(np.uint32)[:, 0]
+    assert [int(w) for w in words] == [0b01 << 30, (0b1 << 0) | (0b0 << 31), 0b11]
+    assert np.array_equal(unpack_along_rows(pack_gptq_rows(values, 3), 3), values)
 
 
 # --------------------------------------------------------------------------- every layout, exactly
@@ -174,6 +216,19 @@ VARIANTS = {
     "gptq-v2-8bit-asym-act-order": dict(bits=8, group_size=32, desc_act=True, checkpoint_format="gptq_v2"),
     "gptq-sidecar-config-2-shards": dict(bits=4, group_size=64, config_file="quantize_config.json", shards=2),
     "awq-gemm-g32": dict(method="awq", bits=4, group_size=32),
+    "awq-gemv-g32": dict(method="awq", bits=4, group_size=32, awq_version="gemv"),
+    "gptq-v1-3bit-asym-g32": dict(bits=3, group_size=32),
+    "gptq-v2-3bit-sym-act-order": dict(bits=3, group_size=32, sym=True, desc_act=True, checkpoint_format="gptq_v2"),
+    "gptq-v1-2bit-asym-g16": dict(bits=2, group_size=16),
+    # GPTQModel's per-module rules: layer 0's down_proj left float, the MLPs in 8 bits with groups of 64
+    "gptqmodel-dynamic": dict(bits=4, group_size=32, dynamic={r"-:.*layers\.0\.mlp\.down_proj": {},
+                                                            r"+:.*\.mlp\..*": {"bits": 8, "group_size": 64}}),
+    # Intel AutoRound, auto_gptq packing (GPTQ v1), one layer in 8 bits through extra_config
+    "auto-round-auto-gptq": dict(bits=4, group_size=32, sym=True, dynamic={r"model\.layers\.1\.mlp\.down_proj$": {"bits": 8}},
+                                 quant_config={"quant_method": "auto-round", "packing_format": "auto_round:auto_gptq",
+                                               "bits": 4, "group_size": 32, "sym": True, "data_type": "int",
+                                               "act_bits": 16, "iters": 0,
+                                               "extra_config": {"model.layers.1.mlp.down_proj": {"bits": 8}}}),
 }
 
 
@@ -185,13 +240,32 @@ def test_layout_is_kept_exactly(variant, llama_dir, llama_ir, read_ir, tmp_path)
     fmt = detect_prequantized(ckpt_dir)
     assert fmt.method == kw.get("method", "gptq") and fmt.bits == kw["bits"] and fmt.group_size == kw["group_size"]
     ckpt = PrequantizedCheckpoint(ckpt_dir)
-    assert len(ckpt.layers) == len(planted) == 14
+    assert len(ckpt.layers) == len(planted) == (13 if "dynamic" in variant else 14)
+    if "dynamic" in kw:
+        assert sorted({p.bits for p in planted.values()}) == [4, 8]
     model = read_ir(llama_ir)
     records = apply_prequantized(model, ckpt)
-    assert len(records) == 14
+    assert len(records) == len(planted)
     assert read_prequantized_info(model)["format"]["checkpoint_format"] == fmt.checkpoint_format
     check_ir_matches_planted(model, planted, kw["bits"], kw.get("sym", False))
     assert_logits_close(run_logits(model), reference_logits(ckpt_dir, planted, IDS))
+
+
+@pytest.mark.parametrize("sym, act_order", [(False, False), (True, True)])
+def test_ragged_groups_are_kept_exactly_and_fused(sym, act_order, llama96_dir, llama96_ir, read_ir, tmp_path):
+    """Hidden size 96 with group size 64 (as gptqmodel writes 576 or 960 with 128): groups of 64 + 32 channels."""
+    planted = write_checkpoint(llama96_dir, tmp_path / "q", group_size=64, sym=sym, desc_act=act_order, seed=9)
+    assert {p.scales.shape[0] for p in planted.values()} == {2, 4}  # ceil(96 / 64) and 256 / 64
+    model = read_ir(llama96_ir)
+    records = apply_prequantized(model, PrequantizedCheckpoint(tmp_path / "q"))
+    assert sorted({r["group_size"] for r in records}) == [32, 64]
+    check_ir_matches_planted(model, planted, 4, sym)
+    assert_logits_close(run_logits(model), reference_logits(tmp_path / "q", planted, IDS))
+    runtime = ov.Core().compile_model(model, "CPU").get_runtime_model()
+    fc_weights = Counter(op.input_value(1).get_node().get_rt_info()["outputPrecisions"].astype(str)
+                         for op in runtime.get_ordered_ops()
+                         if op.get_rt_info()["layerType"].astype(str) == "FullyConnected")
+    assert fc_weights["i4" if sym else "u4"] == 14, fc_weights
 
 
 @pytest.mark.parametrize("sym, act_order", [(False, False), (True, True)])
@@ -327,17 +401,26 @@ BAD = {
         r"model\.layers\.0\.mlp\.gate_proj\.qweight has shape \[8, 192\], but config\.json makes "
         r"model\.layers\.0\.mlp\.gate_proj\.weight \[128, 64\].*must be \[8, 128\]",
     ),
-    "3 bits": (
-        lambda d: edit_config(d, lambda c: c["quantization_config"].update(bits=3)),
-        r"config\.json: GPTQ bits=3 is not supported.*4-bit and 8-bit",
+    "5 bits": (
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(bits=5)),
+        r"config\.json: GPTQ bits=5 is not supported.*2-bit, 3-bit, 4-bit, 8-bit",
+    ),
+    "ragged act-order groups": (
+        # 36 keeps every layer's group count (ceil(64 / 36) = 2, ceil(192 / 36) = 6) but not the groups' sizes
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(group_size=36)),
+        r"g_idx puts 32 input channels in group 0, but that group must hold 36",
+    ),
+    "dynamic rule leaves a quantized layer float": (
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(dynamic={r"-:.*k_proj": {}})),
+        r"model\.layers\.0\.self_attn\.k_proj\.qweight is in the checkpoint, but a per-layer override",
     ),
     "g_idx out of range": (
         _g_idx_out_of_range,
         r"model\.layers\.0\.self_attn\.k_proj\.g_idx maps input channel 5 to group 7, outside \[0, 2\)",
     ),
-    "awq gemv": (
-        lambda d: edit_config(d, lambda c: c["quantization_config"].update(quant_method="awq", version="gemv")),
-        r"AWQ version='gemv' is not supported",
+    "awq marlin": (
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(quant_method="awq", version="marlin")),
+        r"AWQ version='marlin' is not supported",
     ),
 }
 
@@ -354,7 +437,7 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(case, llama_dir, tmp_pat
     with pytest.raises(ExportError, match=pattern):
         export_model(ckpt_dir, out, WeightCompressionConfig(mode="int8_asym"), load=False)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
-    if case in ("missing scales", "3 bits"):
+    if case in ("missing scales", "5 bits"):
         with pytest.raises(ExportError, match=pattern):
             OVModelForCausalLM.from_pretrained(ckpt_dir, export=True)
 
@@ -372,6 +455,43 @@ def test_detection(llama_dir, tmp_path):
     bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     edit_config(ckpt_dir, lambda c: c.update(quantization_config=bnb))
     assert detect_prequantized(ckpt_dir) is None  # not ours: left to optimum-intel
+
+
+AUTO_ROUND = {"quant_method": "auto-round", "bits": 4, "group_size": 128, "sym": True, "data_type": "int"}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"packing_format": "auto_round:auto_gptq"}, ("gptq", "gptq")),
+    ({"packing_format": "auto_round:gptqmodel"}, ("gptq", "gptq_v2")),
+    ({"packing_format": "auto_round", "sym": False}, ("gptq", "gptq_v2")),
+    ({"packing_format": "auto_round:auto_awq", "sym": False}, ("awq", "awq_gemm")),
+    ({"packing_format": "auto_round:auto_gptq", "data_type": "nv_fp"}, r"AutoRound data_type='nv_fp' is not supported"),
+    ({"packing_format": "auto_round:auto_gptq", "act_bits": 8}, r"AutoRound act_bits=8 quantizes activations"),
+    ({"packing_format": "auto_round:fp8"}, r"AutoRound packing_format='auto_round:fp8' is not supported"),
+])
+def test_auto_round_configs(extra, expected, tmp_path):
+    """AutoRound names its layout in packing_format: GPTQ v1 (auto_gptq), GPTQ v2 (auto_round, gptqmodel) or AWQ."""
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {**AUTO_ROUND, **extra}}))
+    if isinstance(expected, str):
+        with pytest.raises(ExportError, match=expected):
+            detect_prequantized(tmp_path)
+        return
+    fmt = detect_prequantized(tmp_path)
+    assert (fmt.method, fmt.checkpoint_format, fmt.producer) == (*expected, "auto-round")
+
+
+def test_per_layer_overrides_take_names_before_regexes():
+    """GPTQModel dynamic: first matching rule wins, "-:" leaves the layer float; AutoRound extra_config: names first."""
+    dynamic = _fmt(overrides=formats_module._gptqmodel_dynamic(
+        {r"-:.*\.0\.mlp\..*": {}, r"+:.*mlp.*": {"bits": 8, "group_size": 64}}, "test"))
+    assert dynamic.for_layer("model.layers.0.mlp.up_proj") is None
+    layer = dynamic.for_layer("model.layers.1.mlp.up_proj")
+    assert (layer.bits, layer.group_size, layer.sym) == (8, 64, False)
+    assert dynamic.for_layer("model.layers.1.self_attn.q_proj") is dynamic
+    extra = {r".*down_proj": {"bits": 16}, "model.layers.1.mlp.down_proj": {"bits": 8}}
+    auto = formats_module._auto_round_format({**AUTO_ROUND, "extra_config": extra}, "test")
+    assert auto.for_layer("model.layers.1.mlp.down_proj").bits == 8  # the exact name beats the earlier regex
+    assert auto.for_layer("model.layers.0.mlp.down_proj") is None  # bits 16: left float
 
 
 def test_stock_optimum_intel_class_exports_gptq_through_us(llama_dir, tmp_path, caplog):

@@ -1,17 +1,19 @@
 """Which pre-quantized format a checkpoint folder holds, read from its config files alone.
 
 A checkpoint whose ``config.json`` (or a ``quantize_config.json`` beside the
-weights, as AutoGPTQ and GPTQModel write it) says ``quant_method`` ``"gptq"``
-or ``"awq"`` holds integer codes, scales and zero points for its linear
-layers.  :func:`detect_prequantized` returns their :class:`PrequantizedFormat`
-or None, and refuses, with the fix, a variant that cannot be kept exactly.
+weights, as AutoGPTQ and GPTQModel write it) says ``quant_method`` ``"gptq"``,
+``"awq"`` or ``"compressed-tensors"`` (llm-compressor) holds integer codes,
+scales and zero points for its linear layers.  :func:`detect_prequantized`
+returns their :class:`PrequantizedFormat` or None, and refuses, with the
+fix, a variant that cannot be kept exactly.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,70 @@ SIDECAR = "quantize_config.json"
 
 
 @dataclass(frozen=True)
+class LayerGroup:
+    """compressed-tensors: the weight scheme of the layers a config group targets."""
+
+    targets: tuple[str, ...]  # "Linear" (any linear layer), "re:<regex>" or a module name
+    bits: int
+    group_size: int  # -1: per output channel; 0: one scale for the whole tensor
+    sym: bool
+    act_order: bool  # "actorder": "group" -- a weight_g_idx tensor may reorder the input channels
+    checkpoint_format: str  # "pack-quantized", "naive-quantized" or "float-quantized"
+    float_weights: bool = False  # float-quantized: FP8 E4M3 weights
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """A per-layer exception to the checkpoint's settings (GPTQModel ``dynamic``, AutoRound ``extra_config``)."""
+
+    pattern: str  # a module name, or a regular expression matched at the start of one
+    regex: bool
+    skip: bool = False  # the layer is left float
+    bits: int | None = None
+    group_size: int | None = None
+    sym: bool | None = None
+
+
+@dataclass(frozen=True)
 class PrequantizedFormat:
     """How a pre-quantized checkpoint stores its linear layers."""
 
-    method: str  # "gptq" or "awq"
-    bits: int  # 4 or 8
+    method: str  # "gptq", "awq" or "compressed-tensors"
+    bits: int  # 4 or 8 (compressed-tensors: of the first config group)
     group_size: int  # -1: one group over all input channels
     sym: bool
     desc_act: bool
-    checkpoint_format: str  # "gptq" (v1: zero points stored minus one), "gptq_v2", or "awq_gemm"
+    # "gptq" (v1: zero points stored minus one), "gptq_v2", "awq_gemm", or compressed-tensors' format
+    checkpoint_format: str
     source: str  # the file the settings were read from
+    layer_groups: tuple[LayerGroup, ...] = ()  # compressed-tensors: the config groups, in order
+    ignore: tuple[str, ...] = ()  # compressed-tensors: layers left float
+    overrides: tuple[LayerOverride, ...] = ()  # per-layer settings; module names first, then regexes in order
+    producer: str = ""  # the tool named by the config when it is not the layout's ("auto-round")
+
+    def for_layer(self, prefix: str) -> PrequantizedFormat | None:
+        """The settings of layer ``prefix`` after its first matching override; None when an override skips it."""
+        for o in self.overrides:
+            if (re.match(o.pattern, prefix) is not None) if o.regex else o.pattern == prefix:
+                if o.skip:
+                    return None
+                return replace(self, bits=self.bits if o.bits is None else o.bits,
+                               group_size=self.group_size if o.group_size is None else o.group_size,
+                               sym=self.sym if o.sym is None else o.sym, overrides=())
+        return self
+
+    def group_of(self, prefix: str) -> LayerGroup | None:
+        """compressed-tensors: the config group of layer ``prefix`` (a name beats a regex beats "Linear")."""
+        ranked = []
+        for group in self.layer_groups:
+            for target in group.targets:
+                if target == prefix:
+                    ranked.append((0, group))
+                elif target.startswith("re:") and re.match(target[3:], prefix):
+                    ranked.append((1, group))
+                elif target == "Linear":
+                    ranked.append((2, group))
+        return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
     @property
     def zero_point_offset(self) -> int:
@@ -77,6 +133,10 @@ def detect_prequantized(model_id: str | os.PathLike) -> PrequantizedFormat | Non
     method = str((from_config or {}).get("quant_method") or (sidecar or {}).get("quant_method") or "gptq").lower()
     if from_config and not from_config.get("quant_method") and not (sidecar or {}).get("quant_method"):
         return None  # a quantization_config without a method: not a GPTQ/AWQ checkpoint
+    if method == "compressed-tensors":
+        return _compressed_tensors_format(from_config or {}, str(config_file))
+    if method in ("auto-round", "autoround", "intel/auto-round"):
+        return _auto_round_format(from_config or sidecar or {}, str(config_file if from_config else sidecar_file))
     if method not in ("gptq", "awq"):
         return None  # bitsandbytes, fp8, ...: not handled here
     merged: dict[str, Any] = {}
@@ -113,8 +173,8 @@ def _check_bits(bits: int, source: str, method: str, allowed: tuple[int, ...]) -
     if bits not in allowed:
         raise ExportError(
             f"{source}: {method.upper()} bits={bits} is not supported: optimum-wc keeps "
-            f"{' and '.join(f'{b}-bit' for b in allowed)} {method.upper()} weights exactly "
-            "(the CPU plugin's fused weight-decompression pattern takes u4/i4/u8/i8 codes). "
+            f"{', '.join(f'{b}-bit' for b in allowed)} {method.upper()} weights exactly "
+            "(in the u4/i4/u8/i8 constants of the CPU plugin's fused weight-decompression pattern). "
             "Use a 4-bit checkpoint, or export the float model "
             "and compress it with WeightCompressionConfig."
         )
@@ -129,7 +189,7 @@ def _check_group_size(group_size: int, source: str) -> None:
 
 def _gptq_format(settings: dict, source: str) -> PrequantizedFormat:
     bits = _int_setting(settings, ("bits",), source)
-    _check_bits(bits, source, "gptq", (4, 8))
+    _check_bits(bits, source, "gptq", (2, 3, 4, 8))
     group_size = _int_setting(settings, ("group_size",), source, default=128)
     _check_group_size(group_size, source)
     fmt = str(settings.get("checkpoint_format") or settings.get("format") or "gptq").lower()
@@ -143,15 +203,84 @@ def _gptq_format(settings: dict, source: str) -> PrequantizedFormat:
         raise ExportError(
             f"{source}: GPTQ pack_dtype={pack_dtype!r} is not supported; re-save the model with int32 packing."
         )
-    if settings.get("dynamic"):
-        raise ExportError(
-            f"{source}: GPTQ per-module overrides ('dynamic') are not supported; every quantized layer must use the "
-            "config's bits and group_size. Re-quantize without 'dynamic'."
-        )
     return PrequantizedFormat(
         method="gptq", bits=bits, group_size=group_size, sym=bool(settings.get("sym", True)),
         desc_act=bool(settings.get("desc_act", False)), checkpoint_format=fmt, source=source,
+        overrides=_gptqmodel_dynamic(settings.get("dynamic"), source),
     )
+
+
+def _override(pattern: str, regex: bool, skip: bool, settings: Any, source: str, allowed_bits) -> LayerOverride:
+    if not isinstance(settings, dict):
+        raise ExportError(f"{source}: the override for {pattern!r} is not a JSON object; fix the quantization config.")
+    bits = settings.get("bits")
+    if bits is not None and not skip:
+        bits = _int_setting(settings, ("bits",), f"{source} (override {pattern!r})")
+        _check_bits(bits, source, "gptq", allowed_bits)
+    group_size = settings.get("group_size")
+    if group_size is not None:
+        group_size = _int_setting(settings, ("group_size",), f"{source} (override {pattern!r})")
+        _check_group_size(group_size, source)
+    if regex:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ExportError(f"{source}: override pattern {pattern!r} is not a regular expression ({exc}).") from exc
+    sym = settings.get("sym")
+    return LayerOverride(pattern, regex, skip, bits, group_size, None if sym is None else bool(sym))
+
+
+def _gptqmodel_dynamic(dynamic: Any, source: str) -> tuple[LayerOverride, ...]:
+    """GPTQModel's ``dynamic``: ``"-:regex"`` leaves matching modules float, ``"+:regex"`` (or a bare regex) sets
+    their bits / group_size / sym; the first matching rule wins."""
+    if not dynamic:
+        return ()
+    if not isinstance(dynamic, dict):
+        raise ExportError(f"{source}: GPTQ 'dynamic' must be a JSON object of regex -> settings; fix the config.")
+    rules = []
+    for key, settings in dynamic.items():
+        skip = key.startswith("-:")
+        pattern = key[2:] if key.startswith(("-:", "+:")) else key
+        rules.append(_override(pattern, True, skip, settings or {}, source, (2, 3, 4, 8)))
+    return tuple(rules)
+
+
+def _auto_round_format(settings: dict, source: str) -> PrequantizedFormat:
+    """Intel AutoRound: a GPTQ (v1 ``auto_round:auto_gptq``, zero points as they are for ``auto_round`` /
+    ``auto_round:gptqmodel``) or AWQ (``auto_round:auto_awq``) layout, with per-layer ``extra_config``."""
+    data_type = str(settings.get("data_type") or "int")
+    if data_type != "int":
+        raise ExportError(
+            f"{source}: AutoRound data_type={data_type!r} is not supported; optimum-wc keeps AutoRound integer "
+            "weights exactly. Export the float model and compress it with WeightCompressionConfig."
+        )
+    act_bits = settings.get("act_bits", 16)
+    if isinstance(act_bits, (int, float)) and act_bits < 16:
+        raise ExportError(
+            f"{source}: AutoRound act_bits={act_bits} quantizes activations, which optimum-wc does not reproduce; "
+            "use a weight-only AutoRound checkpoint (act_bits=16)."
+        )
+    packing = str(settings.get("packing_format") or settings.get("backend") or "auto_round:auto_gptq").lower()
+    if "awq" in packing:
+        fmt = _awq_format({**settings, "version": "gemm", "zero_point": True}, source)
+    elif "gptq" in packing or packing == "auto_round":
+        v1 = "gptq" in packing and "gptqmodel" not in packing
+        fmt = _gptq_format({**settings, "checkpoint_format": "gptq" if v1 else "gptq_v2", "dynamic": None}, source)
+    else:
+        raise ExportError(
+            f"{source}: AutoRound packing_format={packing!r} is not supported; optimum-wc reads "
+            "'auto_round:auto_gptq', 'auto_round', 'auto_round:gptqmodel' and 'auto_round:auto_awq'."
+        )
+    extra = settings.get("extra_config") or {}
+    if not isinstance(extra, dict):
+        raise ExportError(f"{source}: AutoRound extra_config must be a JSON object; fix the config.")
+    names = [k for k in extra if not set(k) & set("*^$[]()+?\\|")]
+    regexes = [k for k in extra if k not in names]
+    overrides = tuple(
+        _override(k, k in regexes, int((extra[k] or {}).get("bits") or 0) >= 16, extra[k] or {}, source, (2, 3, 4, 8))
+        for k in names + regexes
+    )
+    return replace(fmt, overrides=overrides, producer="auto-round")
 
 
 def _awq_format(settings: dict, source: str) -> PrequantizedFormat:
@@ -160,16 +289,95 @@ def _awq_format(settings: dict, source: str) -> PrequantizedFormat:
     group_size = _int_setting(settings, ("group_size", "q_group_size"), source, default=128)
     _check_group_size(group_size, source)
     version = str(settings.get("version") or "gemm").lower()
-    if version != "gemm":
+    if version not in ("gemm", "gemv"):
         raise ExportError(
-            f"{source}: AWQ version={version!r} is not supported; optimum-wc reads the GEMM layout. "
+            f"{source}: AWQ version={version!r} is not supported; optimum-wc reads the GEMM and GEMV layouts. "
             "Re-save the model with version='gemm'."
         )
+    if version == "gemv" and group_size not in (32, 64) and group_size < 128:
+        raise ExportError(f"{source}: AWQ GEMV with group_size={group_size} does not exist (AutoAWQ writes 32, 64 "
+                          "or >= 128); fix group_size in the quantization config.")
     if not settings.get("zero_point", True):
         raise ExportError(
             f"{source}: AWQ zero_point=false is not supported; optimum-wc reads AWQ GEMM with zero points."
         )
     return PrequantizedFormat(
         method="awq", bits=bits, group_size=group_size, sym=False, desc_act=False,
-        checkpoint_format="awq_gemm", source=source,
+        checkpoint_format=f"awq_{version}", source=source,
     )
+
+
+CT_INT_FORMATS = ("pack-quantized", "naive-quantized", "int-quantized")
+CT_FORMATS = (*CT_INT_FORMATS, "float-quantized")
+
+
+def _compressed_tensors_format(settings: dict, source: str) -> PrequantizedFormat:
+    """llm-compressor's ``quantization_config``: integer weight schemes per config group, kept exactly."""
+    status = settings.get("quantization_status", "compressed")
+    if status != "compressed":
+        raise ExportError(
+            f"{source}: compressed-tensors quantization_status={status!r}: the weights are not stored compressed. "
+            "Save the model with llm-compressor's save_pretrained(..., save_compressed=True)."
+        )
+    sparsity = settings.get("sparsity_config") or {}
+    if sparsity and str(sparsity.get("format", "dense")) != "dense":
+        raise ExportError(
+            f"{source}: compressed-tensors sparsity format {sparsity.get('format')!r} is not supported; optimum-wc "
+            "reads dense quantized weights. Re-save the model without sparsity compression."
+        )
+    groups = settings.get("config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise ExportError(f"{source}: compressed-tensors quantization_config has no config_groups; fix the config.")
+    top_format = str(settings.get("format") or "")
+    parsed = tuple(_ct_group(name, group, top_format, source) for name, group in groups.items())
+    first = parsed[0]
+    ignore = settings.get("ignore") or []
+    return PrequantizedFormat(
+        method="compressed-tensors", bits=first.bits, group_size=first.group_size, sym=first.sym,
+        desc_act=any(g.act_order for g in parsed), checkpoint_format=first.checkpoint_format, source=source,
+        layer_groups=parsed, ignore=tuple(str(i) for i in ignore),
+    )
+
+
+def _ct_group(name: str, group: Any, top_format: str, source: str) -> LayerGroup:
+    where = f"{source}: config group {name!r}"
+    if not isinstance(group, dict) or not isinstance(group.get("weights"), dict):
+        raise ExportError(f"{where} has no weights scheme; fix the config.")
+    args = group["weights"]
+    fmt = str(group.get("format") or top_format or "pack-quantized")
+    if fmt not in CT_FORMATS:
+        raise ExportError(
+            f"{where}: compressed-tensors format {fmt!r} is not supported yet; optimum-wc keeps "
+            f"{', '.join(CT_FORMATS)} weights exactly. Export the float model and compress it with "
+            "WeightCompressionConfig instead."
+        )
+    kind, bits = str(args.get("type", "int")), args.get("num_bits")
+    fp8 = fmt == "float-quantized" and kind == "float" and bits == 8
+    if not fp8 and (fmt == "float-quantized" or kind != "int" or bits not in (4, 8)):
+        raise ExportError(
+            f"{where}: {bits}-bit {kind} weights are not supported in {fmt!r}; optimum-wc keeps 4- and 8-bit "
+            "integer weights (u4/i4/u8/i8 constants) and 8-bit float weights of float-quantized (f8e4m3) exactly."
+        )
+    if args.get("dynamic"):
+        raise ExportError(f"{where}: dynamic weight quantization has no stored scales; fix the config.")
+    strategy = str(args.get("strategy", "tensor"))
+    if strategy == "group":
+        group_size = args.get("group_size")
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size <= 0:
+            raise ExportError(f"{where}: strategy 'group' needs a positive group_size, not {group_size!r}.")
+    elif strategy in ("channel", "tensor"):
+        group_size = -1 if strategy == "channel" else 0
+    else:
+        raise ExportError(
+            f"{where}: weight strategy {strategy!r} is not supported; optimum-wc reads 'group', 'channel' and "
+            "'tensor' weight scales."
+        )
+    if fp8 and (strategy == "group" or not args.get("symmetric", True)):
+        raise ExportError(f"{where}: FP8 weights with strategy {strategy!r} / asymmetric are not supported; optimum-wc "
+                          "keeps symmetric per-channel and per-tensor FP8 weights exactly.")
+    targets = group.get("targets") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    return LayerGroup(targets=tuple(str(t) for t in targets), bits=int(bits), group_size=int(group_size),
+                      sym=bool(args.get("symmetric", True)), act_order=str(args.get("actorder")) == "group",
+                      checkpoint_format="naive-quantized" if fmt == "int-quantized" else fmt, float_weights=fp8)

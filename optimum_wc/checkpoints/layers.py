@@ -12,6 +12,10 @@ bits, ``p = 32 / b`` values per int32, ``G`` groups; unpacking in
 * AWQ (GEMM) ``qweight`` int32 ``[in, out / 8]`` and ``qzeros`` int32
   ``[G, out / 8]`` packed along the *output* axis in AWQ's nibble order; zero
   points without offset; ``scales`` float16 ``[G, out]``; groups contiguous.
+* AWQ GEMV (AutoAWQ's ``WQLinear_GEMV``): ``qweight`` int32 ``[out, in / 8]``
+  packed along the *input* axis, natural nibble order; ``qzeros`` int32
+  ``[out, Z]`` and ``scales`` float16 ``[out, 8 Z]`` with ``Z`` = the group
+  count rounded up (``calculate_zeros_width``), the first ``G`` valid.
 
 Dequantized weight: ``W[o, i] = scales[g(i), o] * (q[i, o] - z[g(i), o])``.
 When the groups are not contiguous along the input axis (GPTQ ``desc_act``),
@@ -21,6 +25,7 @@ export then reorders the activation to match, ``x W^T == x[..., P] (W[:, P])^T``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +63,7 @@ class LayerWeights:
         return out
 
 
-def _as_f16_scales(scales: np.ndarray, name: str) -> np.ndarray:
+def as_f16_scales(scales: np.ndarray, name: str) -> np.ndarray:
     if scales.dtype == np.float16:
         return scales
     as_f16 = scales.astype(np.float16)
@@ -70,7 +75,16 @@ def _as_f16_scales(scales: np.ndarray, name: str) -> np.ndarray:
     return as_f16
 
 
-def _group_order(
+def _group_sizes(in_features: int, n_groups: int, group_size: int) -> np.ndarray:
+    """Channels per group: ``group_size`` each, the last one holding the rest (GPTQ's ceil(in / g) groups)."""
+    if group_size == -1:
+        return np.array([in_features], dtype=np.int64)
+    sizes = np.full(n_groups, group_size, dtype=np.int64)
+    sizes[-1] = in_features - group_size * (n_groups - 1)
+    return sizes
+
+
+def group_order(
     g_idx: np.ndarray | None, name: str, in_features: int, n_groups: int, group_size: int
 ) -> np.ndarray | None:
     """The input-channel permutation that makes groups contiguous, or None if they already are."""
@@ -89,18 +103,38 @@ def _group_order(
     if np.array_equal(g, natural):
         return None
     counts = np.bincount(g, minlength=n_groups)
-    size = in_features // n_groups
-    if not np.all(counts == size):
-        k = int(np.flatnonzero(counts != size)[0])
+    sizes = _group_sizes(in_features, n_groups, group_size)
+    if not np.array_equal(counts, sizes):
+        k = int(np.flatnonzero(counts != sizes)[0])
         raise ExportError(
-            f"{name} puts {int(counts[k])} input channels in group {k}, but every group must hold {size} "
-            "(in_features / groups) to be stored exactly; the checkpoint's g_idx is not a GPTQ act-order grouping. "
-            "Re-quantize the model, or export it from float."
+            f"{name} puts {int(counts[k])} input channels in group {k}, but that group must hold {int(sizes[k])} "
+            f"(group_size={group_size}, the last group the rest of {in_features}) to be stored exactly; the "
+            "checkpoint's g_idx is not a GPTQ act-order grouping. Re-quantize the model, or export it from float."
         )
     return np.argsort(g, kind="stable")
 
 
-def _build_weight(
+def split_ragged_groups(zeros: np.ndarray, scales: np.ndarray, in_features: int, group_size: int
+                        ) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Groups of a layer whose ``in_features`` ``group_size`` does not divide, as equal sub-groups.
+
+    GPTQ tools give such a layer ceil(in / g) groups, the last one partial.
+    Every group splits into sub-groups of ``d = gcd(in, g)`` channels (``d``
+    divides ``g`` and the partial group's ``in mod g``) that repeat their
+    group's zero point and scale: the same dequantized weight, in equal groups.
+    Returns ``(zeros, scales, d, note)`` with one row per sub-group.
+    """
+    if group_size == -1 or in_features % group_size == 0:
+        return zeros, scales, group_size, ""
+    d = math.gcd(in_features, group_size)
+    owner = (np.arange(in_features // d) * d) // group_size
+    note = (f"{in_features} input channels are not a multiple of group_size={group_size}: its {zeros.shape[0]} "
+            f"groups (the last of {in_features % group_size}) are kept as {in_features // d} sub-groups of {d} "
+            "channels repeating their group's scale and zero point")
+    return zeros[owner], scales[owner], d, note
+
+
+def build_weight(
     codes_in_out: np.ndarray,
     zeros: np.ndarray,
     scales: np.ndarray,
@@ -112,6 +146,7 @@ def _build_weight(
 ) -> tuple[CompressedWeight, str]:
     """Codes ``[in, out]`` (uint8), real zero points ``[G, out]`` (int), scales ``[G, out]`` -> CompressedWeight."""
     n_in, n_out = codes_in_out.shape
+    zeros, scales, group_size, note = split_ragged_groups(zeros, scales, n_in, group_size)
     n_groups = zeros.shape[0]
     if permutation is not None:
         codes_in_out = codes_in_out[permutation]
@@ -121,41 +156,42 @@ def _build_weight(
     if group_size != -1:
         codes = codes.reshape(n_out, n_groups, n_in // n_groups)
         scale, zp = scale[:, :, None], zp[:, :, None]
-    high = 2**bits - 1
+    container = 4 if bits <= 4 else 8  # 2- and 3-bit codes go into u4/i4, the narrowest pattern the CPU plugin fuses
+    if bits < container:
+        note = "; ".join(filter(None, [note, f"{bits}-bit codes kept exactly in {container}-bit constants (the CPU "
+                                              "plugin fuses u4/i4; it has no fused u2/u3 pattern with per-group zero "
+                                              "points)"]))
+    high = 2**container - 1
     mid = 2 ** (bits - 1)
-    note = ""
     if sym and np.all(zp == mid):
         signed = (codes.astype(np.int16) - mid).astype(np.int8)
-        mode = CompressWeightsMode.INT4_SYM if bits == 4 else CompressWeightsMode.INT8_SYM
+        mode = CompressWeightsMode.INT4_SYM if container == 4 else CompressWeightsMode.INT8_SYM
         return CompressedWeight(signed, scale, None, mode, group_size, (n_out, n_in)), note
     if sym:
-        note = f"sym=true but {names['qzeros']} holds zero points other than {mid}: kept with its zero points"
+        note = "; ".join(filter(None, [note, f"sym=true but {names['qzeros']} holds zero points other than {mid}: "
+                                              "kept with its zero points"]))
     if int(zp.max(initial=0)) > high:
-        if bits == 8:
+        if container == 8:
             raise ExportError(
                 f"{names['qzeros']} gives a zero point of {int(zp.max())}, above 255 "
                 "(a stored 255 in GPTQ v1 means 256), "
                 "which no 8-bit zero point can hold. The checkpoint was written with an overflowing zero point: "
                 "re-quantize it, or save it as checkpoint_format='gptq_v2'."
             )
-        note = (f"{names['qzeros']} gives zero point {int(zp.max())} (a stored 15 in GPTQ v1 means 16), above 15: "
-                "the layer is kept exactly with 8-bit codes")
+        note = "; ".join(filter(None, [note, f"{names['qzeros']} gives zero point {int(zp.max())} (a stored 15 in "
+                                              "GPTQ v1 means 16), above 15: the layer is kept exactly with 8-bit codes"]))
         mode = CompressWeightsMode.INT8_ASYM
         cw = CompressedWeight(codes, scale, zp.astype(np.uint8), mode, group_size, (n_out, n_in))
         return cw, note
-    mode = CompressWeightsMode.INT4_ASYM if bits == 4 else CompressWeightsMode.INT8_ASYM
+    mode = CompressWeightsMode.INT4_ASYM if container == 4 else CompressWeightsMode.INT8_ASYM
     return CompressedWeight(codes, scale, zp.astype(np.uint8), mode, group_size, (n_out, n_in)), note
 
 
 def group_count(in_features: int, group_size: int, name: str) -> int:
+    """Groups of scales of a layer: ceil(in / g), the last one partial when g does not divide ``in_features``."""
     if group_size == -1:
         return 1
-    if in_features % group_size:
-        raise ExportError(
-            f"{name}: the layer has {in_features} input channels, which group_size={group_size} does not divide; "
-            "optimum-wc keeps only whole groups exactly. Use a checkpoint whose group size divides every layer."
-        )
-    return in_features // group_size
+    return -(-in_features // group_size)
 
 
 def convert_gptq_layer(
@@ -175,8 +211,8 @@ def convert_gptq_layer(
     stored = unpack_along_columns(qzeros, fmt.bits)  # [G, out]
     # v1: real zero point = stored value + 1, as AutoGPTQ's kernels compute it (may reach 2^bits)
     zeros = stored.astype(np.int32) + fmt.zero_point_offset
-    permutation = _group_order(g_idx, names["g_idx"], in_features, n_groups, fmt.group_size)
-    cw, note = _build_weight(codes, zeros, _as_f16_scales(scales, names["scales"]), permutation,
+    permutation = group_order(g_idx, names["g_idx"], in_features, n_groups, fmt.group_size)
+    cw, note = build_weight(codes, zeros, as_f16_scales(scales, names["scales"]), permutation,
                              fmt.bits, fmt.group_size, fmt.sym, names)
     return LayerWeights(cw, permutation, note)
 
@@ -192,9 +228,14 @@ def convert_awq_layer(
 ) -> LayerWeights:
     """One AWQ GEMM linear (tensors ``<prefix>.qweight/qzeros/scales``) in exact integer form."""
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
-    group_count(in_features, fmt.group_size, names["qweight"])
-    codes = unpack_awq(qweight)  # [in, out]
-    zeros = unpack_awq(qzeros).astype(np.int32)  # [G, out]
-    scales = _as_f16_scales(scales, names["scales"])
-    cw, note = _build_weight(codes, zeros, scales, None, 4, fmt.group_size, False, names)
+    n_groups = group_count(in_features, fmt.group_size, names["qweight"])
+    if fmt.checkpoint_format == "awq_gemv":  # [out, in / 8] natural nibble order; zeros and scales padded
+        codes = np.ascontiguousarray(unpack_along_columns(qweight, 4).T)  # [in, out]
+        zeros = np.ascontiguousarray(unpack_along_columns(qzeros, 4)[:, :n_groups].T).astype(np.int32)
+        scales = np.ascontiguousarray(scales[:, :n_groups].T)
+    else:
+        codes = unpack_awq(qweight)  # [in, out]
+        zeros = unpack_awq(qzeros).astype(np.int32)  # [G, out]
+    scales = as_f16_scales(scales, names["scales"])
+    cw, note = build_weight(codes, zeros, scales, None, 4, fmt.group_size, False, names)
     return LayerWeights(cw, None, note)

@@ -1,4 +1,4 @@
-"""A GPTQ/AWQ checkpoint folder, read lazily: its quantized linear layers, checked against its config.
+"""A GPTQ/AWQ/compressed-tensors checkpoint folder, read lazily: its quantized linear layers, checked against its config.
 
 Building a :class:`PrequantizedCheckpoint` reads only the safetensors
 headers and checks every quantized layer's tensors (presence, dtypes,
@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ExportError
 from ..layout import SAFETENSORS_INDEX
-from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
+from . import compressed_tensors as ct
+from .formats import SIDECAR, LayerGroup, PrequantizedFormat, detect_prequantized, read_json
 from .layers import QUANT_TENSORS, LayerWeights, convert_awq_layer, convert_gptq_layer, group_count
 
 logger = logging.getLogger("optimum_wc")
@@ -33,10 +34,19 @@ class QuantizedLinear:
     in_features: int
     out_features: int
     tensors: dict[str, str]  # kind ("qweight", ...) -> tensor name present in the checkpoint
+    group: LayerGroup | None = None  # compressed-tensors: the config group that quantized it
+    fmt: PrequantizedFormat | None = None  # GPTQ/AWQ: the layer's settings (after per-layer overrides)
 
     @property
     def weight_name(self) -> str:
         return f"{self.prefix}.weight"
+
+
+def gemv_zeros_width(n_groups: int, group_size: int) -> int:
+    """AutoAWQ's ``calculate_zeros_width``: int32 words of GEMV zero points per row (groups / 8, padded)."""
+    multiplier = 1 if group_size >= 128 or group_size == -1 else {64: 2, 32: 4}[group_size]
+    words = -(-n_groups // 8)
+    return -(-words // multiplier) * multiplier
 
 
 @dataclass
@@ -120,8 +130,9 @@ class PrequantizedCheckpoint:
         self.expected = _expected_linear_shapes(self.path, trust_remote_code)
         self.layers: list[QuantizedLinear] = self._find_layers()
         if not self.layers:
+            marker = ".weight_packed or an int8 .weight" if self.fmt.method == "compressed-tensors" else ".qweight"
             raise ExportError(
-                f"{self.path}: the config says {self.fmt.method.upper()} but no tensor ends in .qweight; "
+                f"{self.path}: the config says {self.fmt.method.upper()} but no tensor ends in {marker}; "
                 "the weights are "
                 f"not quantized. Remove quantization_config from config.json to export it as a float model."
             )
@@ -143,18 +154,85 @@ class PrequantizedCheckpoint:
                 ) from exc
 
     def _find_layers(self) -> list[QuantizedLinear]:
-        kinds = QUANT_TENSORS if self.fmt.method == "gptq" else QUANT_TENSORS[:3]
         prefixes: dict[str, dict[str, str]] = {}
-        for name in self.tensors:
-            prefix, _, kind = name.rpartition(".")
-            if kind in kinds and prefix:
-                prefixes.setdefault(prefix, {})[kind] = name
+        if self.fmt.method == "compressed-tensors":
+            prefixes = ct.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
+            check = self._check_ct_layer
+        else:
+            kinds = QUANT_TENSORS if self.fmt.method == "gptq" else QUANT_TENSORS[:3]
+            for name in self.tensors:
+                prefix, _, kind = name.rpartition(".")
+                if kind in kinds and prefix:
+                    prefixes.setdefault(prefix, {})[kind] = name
+            check = self._check_layer
         order = {name: i for i, name in enumerate(self.expected)}
         ordered = sorted(prefixes, key=lambda prefix: (order.get(f"{prefix}.weight", len(order)), prefix))
-        return [self._check_layer(prefix, prefixes[prefix]) for prefix in ordered]  # model order: first bad layer first
+        return [check(prefix, prefixes[prefix]) for prefix in ordered]  # model order: first bad layer first
+
+    def _linear_shape(self, prefix: str, marker: str) -> tuple[int, int]:
+        weight_name = f"{prefix}.weight"
+        if weight_name not in self.expected:
+            raise ExportError(
+                f"{prefix}.{marker} belongs to no linear layer of the model described by config.json "
+                f"(it has no parameter {weight_name}). The weights do not match the config: use the config.json "
+                "saved with these weights."
+            )
+        expected = self.expected[weight_name]
+        if len(expected) != 2:
+            raise ExportError(
+                f"{prefix}.{marker}: {weight_name} has shape {list(expected)} in the model, not a linear layer's [out, in]."
+            )
+        return int(expected[0]), int(expected[1])
+
+    def _check_ct_layer(self, prefix: str, found: dict[str, str]) -> QuantizedLinear:
+        """A compressed-tensors layer: its config group, then every tensor's presence, dtype and shape."""
+        marker = "weight_packed" if "weight_packed" in found else "weight"
+        group = self.fmt.group_of(prefix)
+        if group is None:
+            raise ExportError(
+                f"{prefix}.{marker} is quantized, but no config group of {self.fmt.source} targets {prefix}; "
+                "the weights and the config disagree: use the config saved with these weights."
+            )
+        n_out, n_in = self._linear_shape(prefix, marker)
+        if group.group_size > 0 and n_in % group.group_size:
+            raise ExportError(
+                f"{prefix}: {n_in} input channels are not a multiple of group_size={group.group_size}, which "
+                "compressed-tensors requires; the checkpoint is corrupt or its config is wrong."
+            )
+        expected = ct.expected_tensors(group, n_out, n_in)
+        optional = {"weight_g_idx": ((n_in,), ("I32", "I64"), "[in]"), "weight_shape": ((2,), ("I32", "I64"), "[2]")}
+        for kind in expected:
+            if kind not in found:
+                raise ExportError(
+                    f"{prefix}.{kind} is missing from the checkpoint ({', '.join(sorted(found.values()))} are there): "
+                    f"a {group.checkpoint_format} {'symmetric' if group.sym else 'asymmetric'} layer needs "
+                    f"{', '.join(expected)}. The checkpoint is incomplete: re-download or re-save it."
+                )
+        for kind, name in found.items():
+            shape, dtypes, layout = {**optional, **expected}.get(kind, (None, None, None))
+            if shape is None:
+                continue
+            info = self.tensors[name]
+            if info.dtype not in dtypes:
+                raise ExportError(
+                    f"{name} is {info.dtype}, but a {group.checkpoint_format} {kind} must be {' or '.join(dtypes)}; "
+                    "re-save the checkpoint with compressed-tensors."
+                )
+            if info.shape != shape and not (kind == "weight_scale" and shape == (1,) and info.shape in ((), (1, 1))):
+                raise ExportError(
+                    f"{name} has shape {list(info.shape)}, but config.json makes {prefix}.weight [{n_out}, {n_in}], so "
+                    f"a {group.bits}-bit {group.checkpoint_format} {kind} must be {list(shape)} ({layout}). The weights "
+                    "and the config disagree: use the config saved with these weights."
+                )
+        return QuantizedLinear(prefix, n_in, n_out, dict(found), group)
 
     def _check_layer(self, prefix: str, found: dict[str, str]) -> QuantizedLinear:
-        fmt, method = self.fmt, self.fmt.method.upper()
+        fmt, method = self.fmt.for_layer(prefix), self.fmt.method.upper()
+        if fmt is None:
+            raise ExportError(
+                f"{prefix}.qweight is in the checkpoint, but a per-layer override of {self.fmt.source} leaves "
+                f"{prefix} float; the weights and the config disagree: use the config saved with these weights."
+            )
         required = ("qweight", "qzeros", "scales") + (("g_idx",) if fmt.method == "gptq" and fmt.desc_act else ())
         for kind in required:
             if kind not in found:
@@ -184,16 +262,22 @@ class PrequantizedCheckpoint:
                 "not a linear layer's [out, in]."
             )
         n_out, n_in = expected
-        bits, per_word = fmt.bits, 32 // fmt.bits
+        bits = fmt.bits
         n_groups = group_count(n_in, fmt.group_size, f"{prefix}.qweight")
         if fmt.method == "gptq":
-            shapes = {"qweight": (n_in // per_word, n_out), "qzeros": (n_groups, n_out // per_word),
+            shapes = {"qweight": (n_in * bits // 32, n_out), "qzeros": (n_groups, n_out * bits // 32),
                       "scales": (n_groups, n_out), "g_idx": (n_in,)}
             layout = {"qweight": "[in * bits / 32, out]", "qzeros": "[groups, out * bits / 32]",
                       "scales": "[groups, out]", "g_idx": "[in]"}
         else:
-            shapes = {"qweight": (n_in, n_out // 8), "qzeros": (n_groups, n_out // 8), "scales": (n_groups, n_out)}
-            layout = {"qweight": "[in, out / 8]", "qzeros": "[groups, out / 8]", "scales": "[groups, out]"}
+            if fmt.checkpoint_format == "awq_gemv":
+                width = gemv_zeros_width(n_groups, fmt.group_size)
+                shapes = {"qweight": (n_out, n_in // 8), "qzeros": (n_out, width), "scales": (n_out, 8 * width)}
+                layout = {"qweight": "[out, in / 8]", "qzeros": "[out, groups padded]",
+                          "scales": "[out, 8 * groups padded]"}
+            else:
+                shapes = {"qweight": (n_in, n_out // 8), "qzeros": (n_groups, n_out // 8), "scales": (n_groups, n_out)}
+                layout = {"qweight": "[in, out / 8]", "qzeros": "[groups, out / 8]", "scales": "[groups, out]"}
         dtypes = {"qweight": ("I32", "U32"), "qzeros": ("I32", "U32"),
                   "scales": ("F16", "BF16", "F32"), "g_idx": ("I32", "I64")}
         for kind, name in found.items():
@@ -210,7 +294,7 @@ class PrequantizedCheckpoint:
                     f"({layout[kind]}). The weights and the config disagree: use the config saved with these weights "
                     "(check bits, group_size and the layer sizes)."
                 )
-        return QuantizedLinear(prefix, n_in, n_out, dict(found))
+        return QuantizedLinear(prefix, n_in, n_out, dict(found), fmt=fmt)
 
     # -- reading
 
@@ -222,17 +306,24 @@ class PrequantizedCheckpoint:
         if info.dtype == "BF16":
             with safe_open(info.file, framework="pt") as f:
                 return f.get_tensor(name).float().numpy()
+        if info.dtype.startswith("F8"):  # NumPy has no float8: the bytes
+            import torch
+
+            with safe_open(info.file, framework="pt") as f:
+                return f.get_tensor(name).view(torch.uint8).numpy()
         with safe_open(info.file, framework="np") as f:
             return f.get_tensor(name)
 
     def layer_weights(self, layer: QuantizedLinear) -> LayerWeights:
         """Unpack, check and convert one layer (raises :class:`ExportError` naming the tensor on bad values)."""
         t = {kind: self.read(name) for kind, name in layer.tensors.items()}
-        if self.fmt.method == "gptq":
-            lw = convert_gptq_layer(layer.prefix, self.fmt, t["qweight"], t["qzeros"], t["scales"], t.get("g_idx"),
-                                    layer.in_features, layer.out_features)
+        if layer.group is not None:
+            lw = ct.convert_layer(layer.prefix, layer.group, t, layer.in_features, layer.out_features)
+        elif self.fmt.method == "gptq":
+            lw = convert_gptq_layer(layer.prefix, layer.fmt or self.fmt, t["qweight"], t["qzeros"], t["scales"],
+                                    t.get("g_idx"), layer.in_features, layer.out_features)
         else:
-            lw = convert_awq_layer(layer.prefix, self.fmt, t["qweight"], t["qzeros"], t["scales"],
+            lw = convert_awq_layer(layer.prefix, layer.fmt or self.fmt, t["qweight"], t["qzeros"], t["scales"],
                                    layer.in_features, layer.out_features)
         if lw.note:
             logger.info("%s: %s.", layer.prefix, lw.note)

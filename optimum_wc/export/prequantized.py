@@ -51,14 +51,14 @@ def _site_of(layer, by_name: dict[str, Any]):
     site = by_name.get(layer.weight_name)
     if site is None or site.kind != "matmul":
         raise ModelError(
-            f"{layer.prefix}.qweight: the exported IR has no float MatMul weight named "
+            f"{layer.prefix} (quantized): the exported IR has no float MatMul weight named "
             f"self.{layer.weight_name}, so "
             "its integer weights cannot be put in place. The exporter named or fused the layer differently; "
             "report this architecture to optimum-wc."
         )
     if site.shape != (layer.out_features, layer.in_features) or site.reduction_axis != 1:
         raise ModelError(
-            f"{layer.prefix}.qweight: the IR's weight self.{layer.weight_name} has shape {list(site.shape)} "
+            f"{layer.prefix} (quantized): the IR's weight self.{layer.weight_name} has shape {list(site.shape)} "
             f"(input axis {site.reduction_axis}), not [{layer.out_features}, {layer.in_features}] "
             "reduced on axis 1; "
             "report this architecture to optimum-wc."

@@ -115,19 +115,37 @@ def packed_size(count: int, bits: int) -> int:
 
 
 def _values_per_word(bits: int) -> int:
-    if bits not in (2, 4, 8):
-        raise ValueError(f"cannot unpack {bits}-bit values from int32 (need 2, 4 or 8 bits)")
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"cannot unpack {bits}-bit values from int32 (need 2, 3, 4 or 8 bits)")
     return 32 // bits
+
+
+def unpack_bitstream(words: np.ndarray, bits: int) -> np.ndarray:
+    """uint32 ``[w, m]`` read as ``m`` little-endian bit streams down the rows -> uint8 ``[32 w / bits, m]``.
+
+    Value ``k`` of a column is bits ``[bits k, bits k + bits)`` of its stream
+    (word ``r`` holding stream bits ``[32 r, 32 r + 32)``): for 2, 4 and 8 bits,
+    value ``r p + k`` sits at bits ``[bits k, bits k + bits)`` of word ``r``;
+    for 3 bits this is GPTQ's layout of 32 values in 3 words, values 10 and 21
+    straddling two words.
+    """
+    count = words.shape[0] * 32 // bits
+    stream = np.unpackbits(np.ascontiguousarray(words.T).astype("<u4").view(np.uint8), axis=1, bitorder="little")
+    values = stream[:, : count * bits].reshape(words.shape[1], count, bits)
+    weights = (1 << np.arange(bits, dtype=np.uint8)).astype(np.uint8)
+    return np.ascontiguousarray((values * weights).sum(axis=2, dtype=np.uint8).T)
 
 
 def unpack_along_rows(packed: np.ndarray, bits: int) -> np.ndarray:
     """Unpack int32 ``[n / p, m]`` into uint8 ``[n, m]`` (``p = 32 / bits``; GPTQ ``qweight``).
 
     Row ``i = r * p + k`` of the result is bits ``[bits k, bits k + bits)`` of
-    packed row ``r`` (low bits first).
+    packed row ``r`` (low bits first); 3 bits: see :func:`unpack_bitstream`.
     """
     per_word = _values_per_word(bits)
     words = np.ascontiguousarray(packed).view(np.uint32)
+    if bits == 3:
+        return unpack_bitstream(words, 3)
     out = np.empty((words.shape[0] * per_word, words.shape[1]), dtype=np.uint8)
     mask = np.uint32(2**bits - 1)
     for k in range(per_word):
@@ -139,10 +157,12 @@ def unpack_along_columns(packed: np.ndarray, bits: int) -> np.ndarray:
     """Unpack int32 ``[n, m / p]`` into uint8 ``[n, m]`` (``p = 32 / bits``; GPTQ ``qzeros``).
 
     Column ``j = c * p + k`` of the result is bits ``[bits k, bits k + bits)``
-    of packed column ``c`` (low bits first).
+    of packed column ``c`` (low bits first); 3 bits: a bit stream along each row.
     """
     per_word = _values_per_word(bits)
     words = np.ascontiguousarray(packed).view(np.uint32)
+    if bits == 3:
+        return np.ascontiguousarray(unpack_bitstream(np.ascontiguousarray(words.T), 3).T)
     out = np.empty((words.shape[0], words.shape[1] * per_word), dtype=np.uint8)
     mask = np.uint32(2**bits - 1)
     for k in range(per_word):

@@ -1,0 +1,136 @@
+"""compressed-tensors (llm-compressor) integer layers -> their exact integer form (pure NumPy, never requantized).
+
+Layouts, after compressed-tensors' compressors (``compressors/quantized_compressors/pack_quantized.py``
+and ``naive_quantized.py``), for one linear ``W [out, in]`` with ``b`` bits, ``p = 32 / b``:
+
+* ``pack-quantized``: ``weight_packed`` int32 ``[out, ceil(in / p)]``, packed
+  along the input axis, value ``k`` of a word at bits ``[b k, b k + b)``,
+  each the signed level plus ``2^(b-1)``; ``weight_zero_point`` (asymmetric
+  group / channel only) int32 ``[ceil(out / p), G]`` packed the same way
+  along the output axis; ``weight_shape`` int32 ``[2]``.
+* ``naive-quantized`` (alias ``int-quantized``): ``weight`` int8 ``[out, in]``
+  holding the signed levels; ``weight_zero_point`` int8 (asymmetric only).
+* ``float-quantized``: ``weight`` float8_e4m3fn ``[out, in]``, symmetric,
+  per channel or per tensor (kept as OpenVINO ``f8e4m3`` codes, which encode
+  the same numbers: E4M3 "fn", NaN only at ``S.1111.111``).
+* Both: ``weight_scale`` ``[out, G]`` (group), ``[out, 1]`` (channel) or
+  ``[1]`` (tensor) in the model's float type; ``weight_g_idx`` int32 ``[in]``
+  with ``actorder: "group"`` (the group of each input channel).
+
+Dequantized weight: ``W[o, i] = scale[o, g(i)] * (q[o, i] - z[o, g(i)])``
+(compressed-tensors' ``dequantize``), ``z = 0`` when symmetric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import CompressWeightsMode
+from ..errors import ExportError
+from ..quant.lowering import CompressedWeight
+from .formats import LayerGroup
+from .layers import LayerWeights, as_f16_scales, build_weight, group_order
+
+KINDS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight")
+INT_DTYPES = ("I32",)
+SCALE_DTYPES = ("F16", "BF16", "F32")
+
+
+def layer_tensors(tensors: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict[str, str]]:
+    """Quantized layers by prefix, ``{kind: tensor name}``: a ``weight_packed``, or an int8 ``weight`` with a scale."""
+    found: dict[str, dict[str, str]] = {}
+    for name in tensors:
+        prefix, _, kind = name.rpartition(".")
+        if kind in KINDS and prefix:
+            found.setdefault(prefix, {})[kind] = name
+    quantized = {}
+    for prefix, kinds in found.items():
+        naive = "weight" in kinds and tensors[kinds["weight"]][1] in ("I8", "F8_E4M3") and "weight_scale" in kinds
+        if "weight_packed" in kinds or naive:
+            quantized[prefix] = kinds
+    return quantized
+
+
+def expected_tensors(group: LayerGroup, n_out: int, n_in: int) -> dict[str, tuple[tuple[int, ...], tuple[str, ...], str]]:
+    """``{kind: (shape, dtypes, layout)}`` of one layer of ``group`` (``W [n_out, n_in]``); required kinds only."""
+    per = 32 // group.bits
+    if group.group_size > 0:
+        scale_shape, layout = (n_out, n_in // group.group_size), "[out, in / group_size]"
+    elif group.group_size == -1:
+        scale_shape, layout = (n_out, 1), "[out, 1]"
+    else:
+        scale_shape, layout = (1,), "[1]"
+    out = {"weight_scale": (scale_shape, SCALE_DTYPES, layout)}
+    packed = group.checkpoint_format == "pack-quantized"
+    if packed:
+        out["weight_packed"] = ((n_out, -(-n_in // per)), INT_DTYPES, "[out, ceil(in * bits / 32)]")
+    else:
+        out["weight"] = ((n_out, n_in), ("F8_E4M3",) if group.float_weights else ("I8",), "[out, in]")
+    if not group.sym:
+        if packed and group.group_size != 0:
+            out["weight_zero_point"] = ((-(-n_out // per), scale_shape[1]), INT_DTYPES, "[ceil(out * bits / 32), groups]")
+        else:
+            out["weight_zero_point"] = (scale_shape, ("I8",), layout)
+    return out
+
+
+def unpack_int32(packed: np.ndarray, bits: int, count: int, axis: int) -> np.ndarray:
+    """Signed levels from compressed-tensors' int32 words: value ``k`` at bits ``[b k, b k + b)``, minus ``2^(b-1)``."""
+    per, mask = 32 // bits, (1 << bits) - 1
+    words = np.ascontiguousarray(np.moveaxis(packed, axis, -1)).view(np.uint32)
+    values = np.stack([(words >> np.uint32(bits * k)) & np.uint32(mask) for k in range(per)], axis=-1)
+    values = values.reshape(words.shape[:-1] + (-1,))[..., :count]
+    return np.moveaxis(values.astype(np.int16) - (1 << (bits - 1)), -1, axis)
+
+
+def convert_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray], n_in: int, n_out: int) -> LayerWeights:
+    """One compressed-tensors linear in exact integer form (``arrays``: its tensors by kind)."""
+    bits, mid = group.bits, 1 << (group.bits - 1)
+    names = {"qzeros": f"{prefix}.weight_zero_point", "scales": f"{prefix}.weight_scale"}
+    if group.float_weights:
+        return _fp8_layer(prefix, arrays, n_in, n_out, names["scales"])
+    if "weight_packed" in arrays:
+        if "weight_shape" in arrays and [int(d) for d in np.asarray(arrays["weight_shape"]).reshape(-1)] != [n_out, n_in]:
+            raise ExportError(
+                f"{prefix}.weight_shape says {np.asarray(arrays['weight_shape']).tolist()}, but config.json makes "
+                f"{prefix}.weight [{n_out}, {n_in}]; use the config saved with these weights."
+            )
+        levels = unpack_int32(arrays["weight_packed"], bits, n_in, axis=1)
+    else:
+        levels = arrays["weight"].astype(np.int16)
+    low, high = -mid, mid - 1
+    if levels.min(initial=0) < low or levels.max(initial=0) > high:
+        raise ExportError(f"{prefix}: weight levels outside [{low}, {high}] for {bits} bits; the checkpoint is corrupt.")
+    scale = np.asarray(arrays["weight_scale"])
+    if group.group_size == 0:  # one scale for the tensor: per channel, repeated
+        scale = np.broadcast_to(scale.reshape(1, 1), (n_out, 1))
+    scales = as_f16_scales(np.ascontiguousarray(scale.T), names["scales"])  # [G, out]
+    n_groups = scales.shape[0]
+    if group.sym:
+        zeros = np.zeros((n_groups, n_out), dtype=np.int32)
+    else:
+        zp = np.asarray(arrays["weight_zero_point"])
+        if zp.dtype == np.int32 and group.checkpoint_format == "pack-quantized" and group.group_size != 0:
+            zp = unpack_int32(zp, bits, n_out, axis=0)  # [out, G]
+        zeros = np.broadcast_to(zp.reshape(-1, n_groups) if zp.size > 1 else zp.reshape(1, 1), (n_out, n_groups)).T
+        zeros = zeros.astype(np.int32)
+    g_idx = arrays.get("weight_g_idx")
+    if g_idx is not None and np.any(np.asarray(g_idx) < 0):  # "-1": not initialised, column order
+        g_idx = None
+    group_size = group.group_size if group.group_size > 0 else -1
+    permutation = group_order(g_idx, f"{prefix}.weight_g_idx", n_in, n_groups, group_size)
+    codes = (levels + mid).astype(np.uint8).T  # [in, out], unsigned as the IR stores them
+    cw, note = build_weight(codes, zeros + mid, scales, permutation, bits, group_size, group.sym, names)
+    return LayerWeights(cw, permutation, note)
+
+
+def _fp8_layer(prefix: str, arrays: dict[str, np.ndarray], n_in: int, n_out: int, scale_name: str) -> LayerWeights:
+    """FP8 E4M3 bytes kept as they are, with one f16 scale per output channel (a tensor's scale repeated)."""
+    codes = np.ascontiguousarray(arrays["weight"]).view(np.uint8).reshape(n_out, n_in)
+    if np.any((codes & 0x7F) == 0x7F):
+        raise ExportError(f"{prefix}.weight holds FP8 NaN codes; the checkpoint is corrupt: re-download it.")
+    scale = np.asarray(arrays["weight_scale"]).reshape(-1)
+    scale = np.broadcast_to(scale if scale.size == n_out else scale[:1], (n_out,)).reshape(n_out, 1)
+    scale = as_f16_scales(np.ascontiguousarray(scale), scale_name).astype(np.float32)
+    cw = CompressedWeight(codes, scale, None, CompressWeightsMode.FP8_E4M3, -1, (n_out, n_in))
+    return LayerWeights(cw, None, "FP8 E4M3 weights kept as f8e4m3 constants (the CPU plugin does not fuse them)")
