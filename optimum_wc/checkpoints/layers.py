@@ -187,7 +187,7 @@ def build_weight(
     return CompressedWeight(codes, scale, zp.astype(np.uint8), mode, group_size, (n_out, n_in)), note
 
 
-def group_count(in_features: int, group_size: int, name: str) -> int:
+def group_count(in_features: int, group_size: int) -> int:
     """Groups of scales of a layer: ceil(in / g), the last one partial when g does not divide ``in_features``."""
     if group_size == -1:
         return 1
@@ -206,7 +206,7 @@ def convert_gptq_layer(
 ) -> LayerWeights:
     """One GPTQ linear (tensors ``<prefix>.qweight/qzeros/scales/g_idx``) in exact integer form."""
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
-    n_groups = group_count(in_features, fmt.group_size, names["qweight"])
+    n_groups = group_count(in_features, fmt.group_size)
     codes = unpack_along_rows(qweight, fmt.bits)  # [in, out]
     stored = unpack_along_columns(qzeros, fmt.bits)  # [G, out]
     # v1: real zero point = stored value + 1, as AutoGPTQ's kernels compute it (may reach 2^bits)
@@ -228,7 +228,7 @@ def convert_awq_layer(
 ) -> LayerWeights:
     """One AWQ GEMM linear (tensors ``<prefix>.qweight/qzeros/scales``) in exact integer form."""
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
-    n_groups = group_count(in_features, fmt.group_size, names["qweight"])
+    n_groups = group_count(in_features, fmt.group_size)
     if fmt.checkpoint_format == "awq_gemv":  # [out, in / 8] natural nibble order; zeros and scales padded
         codes = np.ascontiguousarray(unpack_along_columns(qweight, 4).T)  # [in, out]
         zeros = np.ascontiguousarray(unpack_along_columns(qzeros, 4)[:, :n_groups].T).astype(np.int32)

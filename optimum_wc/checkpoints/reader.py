@@ -263,7 +263,7 @@ class PrequantizedCheckpoint:
             )
         n_out, n_in = expected
         bits = fmt.bits
-        n_groups = group_count(n_in, fmt.group_size, f"{prefix}.qweight")
+        n_groups = group_count(n_in, fmt.group_size)
         if fmt.method == "gptq":
             shapes = {"qweight": (n_in * bits // 32, n_out), "qzeros": (n_groups, n_out * bits // 32),
                       "scales": (n_groups, n_out), "g_idx": (n_in,)}
