@@ -59,7 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b", "7b": "llama-2-7b", "13b": "llama-2-13b"}
 MODEL_NAMES = {"1b": "Llama-3.2-1B", "3b": "Llama-3.2-3B", "7b": "Llama-2-7B", "13b": "Llama-2-13B"}
 FULL_LAYERS = {"1b": 16, "3b": 28, "7b": 32, "13b": 40}
-CONFIGS = ("int8", "int4", "int4_awq_se")
+CONFIGS = ("int8", "int4", "int4_awq_se", "gptq")
+DEFAULT_CONFIGS = CONFIGS[:3]  # gptq (a pre-quantized checkpoint of its own) only when asked for
 DATA_AWARE_SIZES = ("1b", "3b")  # int4_awq_se by default only there
 ENGINES = ("ours", "nncf")
 DATA_FILE = Path("/work/shared/data/austen/prideprejudice.txt")
@@ -82,10 +83,10 @@ def _timed(*args, **kwargs):
 nncf.compress_weights = _timed  # optimum-intel looks it up as nncf.compress_weights at call time
 atexit.register(lambda: print(f"NNCF_COMPRESS_S {_total[0]:.3f} calls={_total[1]}", flush=True))
 config, ckpt, out = sys.argv[1:4]
-if config in ("int8", "int4"):
+if config in ("int8", "int4", "gptq"):  # gptq: optimum-intel's own path for a GPTQ checkpoint
     from optimum.commands.optimum_cli import main
     sys.argv = ["optimum-cli", "export", "openvino", "-m", ckpt, "--task", "text-generation-with-past",
-                "--weight-format", config, out]  # a local folder: the task is not inferred
+                *(["--weight-format", config] if config != "gptq" else []), out]  # a local folder: no task inferred
     main()
 else:  # int4_awq_se: texts of sample_length tokens, paragraphs merged in order
     data, n, length = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
@@ -130,7 +131,8 @@ def machine() -> dict:
 def command(engine: str, config: str, ckpt: Path, out: Path) -> list[str]:
     bindir = Path(sys.executable).parent
     if engine == "ours":
-        argv = [str(bindir / "optimum-wc"), "export", str(ckpt), str(out), "--weight-format", config[:4]]
+        argv = [str(bindir / "optimum-wc"), "export", str(ckpt), str(out)]
+        argv += ["--weight-format", config[:4]] if config != "gptq" else []  # gptq: its integers, INT8 float parts
         if config == "int4_awq_se":
             argv += ["--awq", "--scale-estimation", "--dataset", str(DATA_FILE), "--num-samples", str(NUM_SAMPLES),
                      "--sample-length", str(SAMPLE_LENGTH)]
@@ -141,7 +143,8 @@ def command(engine: str, config: str, ckpt: Path, out: Path) -> list[str]:
     return argv
 
 
-def make_checkpoint(size: str, ckpt: Path, layers: int | None, tokenizer_from: Path | None, keep: bool) -> None:
+def make_checkpoint(size: str, ckpt: Path, layers: int | None, tokenizer_from: Path | None, keep: bool,
+                    gptq: bool = False) -> None:
     """Write the checkpoint (to a temporary name, renamed when complete); reuse one kept by --keep."""
     if keep and (ckpt / "config.json").is_file():
         cfg = json.loads((ckpt / "config.json").read_text())
@@ -154,6 +157,7 @@ def make_checkpoint(size: str, ckpt: Path, layers: int | None, tokenizer_from: P
     argv = [sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), SIZES[size], str(partial)]
     argv += ["--layers", str(layers)] if layers is not None else []
     argv += ["--tokenizer-from", str(tokenizer_from)] if tokenizer_from is not None else []
+    argv += ["--gptq"] if gptq else []
     subprocess.run(argv, check=True)
     partial.rename(ckpt)
 
@@ -208,18 +212,23 @@ def run(args) -> int:
     info = {"git_commit": git_commit(), "machine": machine()}
     failures = 0
     for size in args.sizes:
-        configs = args.configs or [c for c in CONFIGS if c != "int4_awq_se" or size in DATA_AWARE_SIZES]
-        ckpt = work / f"ckpt-{SIZES[size]}"  # not the hub name: optimum-intel picks per-model defaults by folder name
-        make_checkpoint(size, ckpt, args.layers, args.tokenizer_from, args.keep)
-        has_tokenizer = any((ckpt / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
-        for config in configs:
-            if config == "int4_awq_se" and not has_tokenizer:
-                print(f"Skipping {size} {config}: the checkpoint has no tokenizer (pass --tokenizer-from DIR).")
+        configs = args.configs or [c for c in DEFAULT_CONFIGS if c != "int4_awq_se" or size in DATA_AWARE_SIZES]
+        for gptq in (False, True):  # the float checkpoint's configs, then the GPTQ checkpoint's
+            todo = [c for c in configs if (c == "gptq") == gptq]
+            if not todo:
                 continue
-            for engine in [e for e in ENGINES if e in args.engines]:
-                failures += run_one(size, config, engine, ckpt, work, args.layers, info)["exit_code"] != 0
-        if not args.keep:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            # not the hub name: optimum-intel picks per-model defaults by folder name
+            ckpt = work / (f"ckpt-{SIZES[size]}" + ("-gptq" if gptq else ""))
+            make_checkpoint(size, ckpt, args.layers, args.tokenizer_from, args.keep, gptq)
+            has_tokenizer = any((ckpt / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+            for config in todo:
+                if config == "int4_awq_se" and not has_tokenizer:
+                    print(f"Skipping {size} {config}: the checkpoint has no tokenizer (pass --tokenizer-from DIR).")
+                    continue
+                for engine in [e for e in ENGINES if e in args.engines]:
+                    failures += run_one(size, config, engine, ckpt, work, args.layers, info)["exit_code"] != 0
+            if not args.keep:
+                shutil.rmtree(ckpt, ignore_errors=True)
     return 1 if failures else 0
 
 
@@ -245,7 +254,9 @@ def table(work: Path) -> str:
         f"Machine: {mach['cpu_count']} CPUs, {mach['mem_gib']} GiB RAM. "
         + "Packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"Date: {dates[0]} to {dates[-1]}. Git commit: {', '.join(commits)}.",
-        "Random-weight bf16 checkpoints with the real models' shapes (memory and time only). "
+        "Random-weight bf16 checkpoints with the real models' shapes (memory and time only); `gptq`: a random "
+        "GPTQ checkpoint of the same shapes (4-bit, group 128, float16 float parts; "
+        "`scripts/make_checkpoint.py --gptq`) exported keeping its integers, float parts INT8. "
         "Anon = peak anonymous memory (excludes the memory-mapped checkpoint/IR pages), RSS = peak resident, "
         "both summed over the process tree; export = wall time of the whole command; compression = "
         "ours `compress_s`, NNCF the time inside `nncf.compress_weights`; disk = extra file-system use at peak.",
@@ -281,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=None,
-                    help="default: int8 and int4 for every size, int4_awq_se for 1b and 3b")
+                    help="default: int8 and int4 for every size, int4_awq_se for 1b and 3b; gptq: a GPTQ "
+                         "checkpoint of the same shapes, exported keeping its integers")
     ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "large")
     ap.add_argument("--tokenizer-from", type=Path, default=None,
