@@ -41,6 +41,12 @@ def _bf16_round(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint32).view(np.float32)
 
 
+def _checkpoint_tensors(name: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(FIXTURES / name / "model.safetensors"))
+
+
 def _reference_state(name: str) -> dict:
     from safetensors.torch import load_file
 
@@ -65,6 +71,9 @@ def _exact_dequantized(name: str) -> dict:
     out = {}
     for key in _reference_state(name):
         prefix = key[: -len(".weight")]
+        if meta["format"].endswith("fp4-pack-quantized"):
+            out[key] = torch.from_numpy(_fp4_dequantized(tensors, prefix, meta))
+            continue
         scale = tensors[f"{prefix}.weight_scale"].float().numpy()
         if f"{prefix}.weight_packed" in tensors:
             n_out, n_in = (int(d) for d in tensors[f"{prefix}.weight_shape"])
@@ -84,6 +93,26 @@ def _exact_dequantized(name: str) -> dict:
     return out
 
 
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=np.float32)
+
+
+def _fp4_dequantized(tensors: dict, prefix: str, meta: dict) -> np.ndarray:
+    """compressed-tensors' FP4 dequantization in float32, written here: low nibble first, ``q * (s / global)``
+    (NVFP4, the division in float32) or ``q * 2^(e - 127)`` (MXFP4)."""
+    import torch
+
+    packed = tensors[f"{prefix}.weight_packed"].numpy()
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
+    q = np.where(codes & 8, -E2M1[codes & 7], E2M1[codes & 7])
+    g = meta["group_size"]
+    if meta["format"].startswith("nvfp4"):
+        scale = tensors[f"{prefix}.weight_scale"].to(torch.float32).numpy()
+        scale = scale / tensors[f"{prefix}.weight_global_scale"].numpy().astype(np.float32)
+    else:
+        scale = np.ldexp(np.float32(1), tensors[f"{prefix}.weight_scale"].numpy().astype(np.int32) - 127)
+    return (q.reshape(q.shape[0], -1, g) * scale.astype(np.float32)[..., None]).reshape(q.shape).astype(np.float32)
+
+
 def _torch_logits(name: str, ids: np.ndarray) -> np.ndarray:
     """Plain torch, float32: the checkpoint's float weights, and each quantized linear dequantized exactly."""
     import torch
@@ -94,7 +123,8 @@ def _torch_logits(name: str, ids: np.ndarray) -> np.ndarray:
     delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     state = {k: v.float() for k, v in load_file(str(FIXTURES / name / "model.safetensors")).items()
-             if v.is_floating_point() and v.dtype != torch.float8_e4m3fn and not k.endswith(("_scale", "_zero_point"))}
+             if v.is_floating_point() and v.dtype != torch.float8_e4m3fn
+             and not k.endswith(("_scale", "_zero_point", "_global_scale"))}
     exact = _exact_dequantized(name)
     for key, tool in _reference_state(name).items():  # the tool's bfloat16 dequantization: one rounding of ours
         assert torch.equal(exact[key].to(torch.bfloat16), tool), key
@@ -122,6 +152,11 @@ def test_detection_and_layers(name):
     for layer in ckpt.layers:
         exact = ckpt.layer_weights(layer).dequantized()  # float32, exact: small integer times an f16 scale
         tool = reference[layer.weight_name].float().numpy()
+        if meta["format"].startswith("nvfp4"):  # q * s * (1 / global) against q * (s / global): float32 roundings
+            ref = _fp4_dequantized(_checkpoint_tensors(name), layer.prefix, meta)
+            assert np.all(np.abs(exact - ref) <= 2.0**-22 * np.abs(ref)), layer.prefix
+            assert np.all(np.abs(_bf16_round(exact) - tool) <= 2.0**-8 * np.abs(tool)), layer.prefix
+            continue
         # compressed-tensors dequantizes in bfloat16: one rounding of the exact product
         assert np.array_equal(_bf16_round(exact), tool), layer.prefix
 
@@ -139,7 +174,12 @@ def test_export_keeps_the_integers_logits_and_greedy_text(name, tmp_path):
     assert np.array_equal(out_logits.argmax(-1), ref.argmax(-1))  # greedy continuations agree position by position
 
     meta = _fixture(name)
-    if meta.get("type") == "float":  # FP8: f8e4m3 constants, which the CPU plugin decompresses (not fused)
+    if meta["format"].endswith("fp4-pack-quantized"):  # E2M1 codes with E4M3 / E8M0 scales, fused
+        runtime = ov.Core().compile_model(model, "CPU").get_runtime_model()
+        fc = Counter(op.input_value(1).get_node().get_rt_info()["outputPrecisions"].astype(str)
+                     for op in runtime.get_ordered_ops() if op.get_rt_info()["layerType"].astype(str) == "FullyConnected")
+        assert fc["f4e2m1"] == 14, fc
+    elif meta.get("type") == "float":  # FP8: f8e4m3 constants, which the CPU plugin decompresses (not fused)
         kinds = Counter(op.get_element_type().get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant")
         assert kinds["f8e4m3"] == 14, kinds
     else:

@@ -13,7 +13,14 @@ and ``naive_quantized.py``), for one linear ``W [out, in]`` with ``b`` bits, ``p
 * ``float-quantized``: ``weight`` float8_e4m3fn ``[out, in]``, symmetric,
   per channel or per tensor (kept as OpenVINO ``f8e4m3`` codes, which encode
   the same numbers: E4M3 "fn", NaN only at ``S.1111.111``).
-* Both: ``weight_scale`` ``[out, G]`` (group), ``[out, 1]`` (channel) or
+* ``nvfp4-pack-quantized`` / ``mxfp4-pack-quantized`` (``compressors/nvfp4``,
+  ``compressors/mxfp4``): ``weight_packed`` uint8 ``[out, in / 2]``, E2M1
+  codes (bit 3 the sign; value 0..7 = 0, .5, 1, 1.5, 2, 3, 4, 6), element
+  ``2 k`` in the low nibble of byte ``k``; NVFP4: ``weight_scale``
+  float8_e4m3fn ``[out, in / 16]`` and ``weight_global_scale`` float32
+  ``[1]``, ``W = q * (scale / global_scale)``; MXFP4: ``weight_scale`` uint8
+  ``[out, in / 32]`` E8M0 exponents, ``W = q * 2^(e - 127)``.
+* The others: ``weight_scale`` ``[out, G]`` (group), ``[out, 1]`` (channel) or
   ``[1]`` (tensor) in the model's float type; ``weight_g_idx`` int32 ``[in]``
   with ``actorder: "group"`` (the group of each input channel).
 
@@ -23,15 +30,19 @@ Dequantized weight: ``W[o, i] = scale[o, g(i)] * (q[o, i] - z[o, g(i)])``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..config import CompressWeightsMode
 from ..errors import ExportError
 from ..quant.lowering import CompressedWeight
-from .formats import LayerGroup
-from .layers import LayerWeights, as_f16_scales, build_weight, group_order
+from ..quant.minifloat import E4M3_VALUES
+from .formats import LayerGroup, PrequantizedFormat
+from .layers import LayerWeights, QuantizedLinear, as_f16_scales, build_weight, group_order
 
-KINDS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight")
+KINDS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight",
+         "weight_global_scale", "input_global_scale")
 INT_DTYPES = ("I32",)
 SCALE_DTYPES = ("F16", "BF16", "F32")
 
@@ -53,6 +64,8 @@ def layer_tensors(tensors: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, 
 
 def expected_tensors(group: LayerGroup, n_out: int, n_in: int) -> dict[str, tuple[tuple[int, ...], tuple[str, ...], str]]:
     """``{kind: (shape, dtypes, layout)}`` of one layer of ``group`` (``W [n_out, n_in]``); required kinds only."""
+    if group.fp4:
+        return _fp4_tensors(group, n_out, n_in)
     per = 32 // group.bits
     if group.group_size > 0:
         scale_shape, layout = (n_out, n_in // group.group_size), "[out, in / group_size]"
@@ -74,6 +87,51 @@ def expected_tensors(group: LayerGroup, n_out: int, n_in: int) -> dict[str, tupl
     return out
 
 
+def check_layer(prefix: str, found: dict[str, str], fmt: PrequantizedFormat, tensors: dict,
+                linear_shape: Callable[[str, str], tuple[int, int]]) -> QuantizedLinear:
+    """A compressed-tensors layer: its config group, then every tensor's presence, dtype and shape."""
+    marker = "weight_packed" if "weight_packed" in found else "weight"
+    group = fmt.group_of(prefix)
+    if group is None:
+        raise ExportError(
+            f"{prefix}.{marker} is quantized, but no config group of {fmt.source} targets {prefix}; "
+            "the weights and the config disagree: use the config saved with these weights."
+        )
+    n_out, n_in = linear_shape(prefix, marker)
+    if group.group_size > 0 and n_in % group.group_size:
+        raise ExportError(
+            f"{prefix}: {n_in} input channels are not a multiple of group_size={group.group_size}, which "
+            "compressed-tensors requires; the checkpoint is corrupt or its config is wrong."
+        )
+    expected = expected_tensors(group, n_out, n_in)
+    optional = {"weight_g_idx": ((n_in,), ("I32", "I64"), "[in]"), "weight_shape": ((2,), ("I32", "I64"), "[2]")}
+    for kind in expected:
+        if kind not in found:
+            raise ExportError(
+                f"{prefix}.{kind} is missing from the checkpoint ({', '.join(sorted(found.values()))} are there): "
+                f"a {group.checkpoint_format} {'symmetric' if group.sym else 'asymmetric'} layer needs "
+                f"{', '.join(expected)}. The checkpoint is incomplete: re-download or re-save it."
+            )
+    for kind, name in found.items():
+        shape, dtypes, layout = {**optional, **expected}.get(kind, (None, None, None))
+        if shape is None:
+            continue
+        info = tensors[name]
+        if info.dtype not in dtypes:
+            raise ExportError(
+                f"{name} is {info.dtype}, but a {group.checkpoint_format} {kind} must be {' or '.join(dtypes)}; "
+                "re-save the checkpoint with compressed-tensors."
+            )
+        if info.shape != shape and not (kind == "weight_scale" and shape == (1,) and info.shape in ((), (1, 1))):
+            raise ExportError(
+                f"{name} has shape {list(info.shape)}, but config.json makes {prefix}.weight [{n_out}, {n_in}], so "
+                f"a {group.bits}-bit {group.checkpoint_format} {kind} must be {list(shape)} ({layout}). The weights "
+                "and the config disagree: use the config saved with these weights."
+            )
+    return QuantizedLinear(prefix, n_in, n_out, dict(found), group)
+
+
+
 def unpack_int32(packed: np.ndarray, bits: int, count: int, axis: int) -> np.ndarray:
     """Signed levels from compressed-tensors' int32 words: value ``k`` at bits ``[b k, b k + b)``, minus ``2^(b-1)``."""
     per, mask = 32 // bits, (1 << bits) - 1
@@ -87,6 +145,8 @@ def convert_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray],
     """One compressed-tensors linear in exact integer form (``arrays``: its tensors by kind)."""
     bits, mid = group.bits, 1 << (group.bits - 1)
     names = {"qzeros": f"{prefix}.weight_zero_point", "scales": f"{prefix}.weight_scale"}
+    if group.fp4:
+        return _fp4_layer(prefix, group, arrays, n_in, n_out)
     if group.float_weights:
         return _fp8_layer(prefix, arrays, n_in, n_out, names["scales"])
     if "weight_packed" in arrays:
@@ -134,3 +194,41 @@ def _fp8_layer(prefix: str, arrays: dict[str, np.ndarray], n_in: int, n_out: int
     scale = as_f16_scales(np.ascontiguousarray(scale), scale_name).astype(np.float32)
     cw = CompressedWeight(codes, scale, None, CompressWeightsMode.FP8_E4M3, -1, (n_out, n_in))
     return LayerWeights(cw, None, "FP8 E4M3 weights kept as f8e4m3 constants (the CPU plugin does not fuse them)")
+
+
+def _fp4_tensors(group: LayerGroup, n_out: int, n_in: int) -> dict:
+    groups = n_in // group.group_size
+    nvfp4 = group.checkpoint_format.startswith("nvfp4")
+    out = {"weight_packed": ((n_out, n_in // 2), ("U8",), "[out, in / 2]"),
+           "weight_scale": ((n_out, groups), ("F8_E4M3",) if nvfp4 else ("U8",), f"[out, in / {group.group_size}]")}
+    if nvfp4:
+        out["weight_global_scale"] = ((1,), ("F32",), "[1]")
+    return out
+
+
+def _fp4_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray], n_in: int, n_out: int) -> LayerWeights:
+    """E2M1 codes kept as f4e2m1, with the E4M3 scales and global scale (NVFP4) or E8M0 scales (MXFP4) as stored."""
+    packed = np.asarray(arrays["weight_packed"], dtype=np.uint8)
+    codes = np.empty((n_out, n_in), dtype=np.uint8)
+    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
+    g = group.group_size
+    codes = codes.reshape(n_out, n_in // g, g)
+    stored = np.asarray(arrays["weight_scale"]).view(np.uint8).reshape(n_out, n_in // g, 1)
+    if group.checkpoint_format.startswith("mxfp4"):
+        if np.any(stored == 255):
+            raise ExportError(f"{prefix}.weight_scale holds the E8M0 NaN code 255; the checkpoint is corrupt.")
+        scale = np.ldexp(np.float32(1.0), stored.astype(np.int32) - 127).astype(np.float32)
+        cw = CompressedWeight(codes, scale, None, CompressWeightsMode.MXFP4, g, (n_out, n_in))
+        return LayerWeights(cw, None, "MXFP4 codes and E8M0 scales kept as f4e2m1 and f8e8m0 constants")
+    if np.any((stored & 0x7F) == 0x7F):
+        raise ExportError(f"{prefix}.weight_scale holds FP8 NaN codes; the checkpoint is corrupt: re-download it.")
+    global_scale = np.asarray(arrays["weight_global_scale"], dtype=np.float32).reshape(-1)
+    if global_scale.size != 1 or not np.isfinite(global_scale[0]) or global_scale[0] <= 0:
+        raise ExportError(f"{prefix}.weight_global_scale is {global_scale.tolist()}, not one positive finite number; "
+                          "the checkpoint is corrupt: re-download it.")
+    # W = q * (s / global_scale): the IR multiplies the E4M3 scale by 1 / global_scale in float32 (one rounding)
+    second = np.full((1, 1, 1), np.float32(1.0) / global_scale[0], dtype=np.float32)
+    cw = CompressedWeight(codes, E4M3_VALUES[stored].astype(np.float32), None, CompressWeightsMode.NVFP4, g,
+                          (n_out, n_in), global_scale=second)
+    return LayerWeights(cw, None, "NVFP4 codes and E4M3 scales kept as f4e2m1 and f8e4m3 constants; the global "
+                                  "scale as its float32 reciprocal")

@@ -13,88 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from .ct_config import compressed_tensors_format
+from .settings import CT_FORMATS, LayerGroup, LayerOverride, PrequantizedFormat  # noqa: F401 - re-exported
 
 SIDECAR = "quantize_config.json"
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """compressed-tensors: the weight scheme of the layers a config group targets."""
-
-    targets: tuple[str, ...]  # "Linear" (any linear layer), "re:<regex>" or a module name
-    bits: int
-    group_size: int  # -1: per output channel; 0: one scale for the whole tensor
-    sym: bool
-    act_order: bool  # "actorder": "group" -- a weight_g_idx tensor may reorder the input channels
-    checkpoint_format: str  # "pack-quantized", "naive-quantized" or "float-quantized"
-    float_weights: bool = False  # float-quantized: FP8 E4M3 weights
-
-
-@dataclass(frozen=True)
-class LayerOverride:
-    """A per-layer exception to the checkpoint's settings (GPTQModel ``dynamic``, AutoRound ``extra_config``)."""
-
-    pattern: str  # a module name, or a regular expression matched at the start of one
-    regex: bool
-    skip: bool = False  # the layer is left float
-    bits: int | None = None
-    group_size: int | None = None
-    sym: bool | None = None
-
-
-@dataclass(frozen=True)
-class PrequantizedFormat:
-    """How a pre-quantized checkpoint stores its linear layers."""
-
-    method: str  # "gptq", "awq" or "compressed-tensors"
-    bits: int  # 4 or 8 (compressed-tensors: of the first config group)
-    group_size: int  # -1: one group over all input channels
-    sym: bool
-    desc_act: bool
-    # "gptq" (v1: zero points stored minus one), "gptq_v2", "awq_gemm", or compressed-tensors' format
-    checkpoint_format: str
-    source: str  # the file the settings were read from
-    layer_groups: tuple[LayerGroup, ...] = ()  # compressed-tensors: the config groups, in order
-    ignore: tuple[str, ...] = ()  # compressed-tensors: layers left float
-    overrides: tuple[LayerOverride, ...] = ()  # per-layer settings; module names first, then regexes in order
-    producer: str = ""  # the tool named by the config when it is not the layout's ("auto-round")
-
-    def for_layer(self, prefix: str) -> PrequantizedFormat | None:
-        """The settings of layer ``prefix`` after its first matching override; None when an override skips it."""
-        for o in self.overrides:
-            if (re.match(o.pattern, prefix) is not None) if o.regex else o.pattern == prefix:
-                if o.skip:
-                    return None
-                return replace(self, bits=self.bits if o.bits is None else o.bits,
-                               group_size=self.group_size if o.group_size is None else o.group_size,
-                               sym=self.sym if o.sym is None else o.sym, overrides=())
-        return self
-
-    def group_of(self, prefix: str) -> LayerGroup | None:
-        """compressed-tensors: the config group of layer ``prefix`` (a name beats a regex beats "Linear")."""
-        ranked = []
-        for group in self.layer_groups:
-            for target in group.targets:
-                if target == prefix:
-                    ranked.append((0, group))
-                elif target.startswith("re:") and re.match(target[3:], prefix):
-                    ranked.append((1, group))
-                elif target == "Linear":
-                    ranked.append((2, group))
-        return min(ranked, key=lambda r: r[0])[1] if ranked else None
-
-    @property
-    def zero_point_offset(self) -> int:
-        """What to add to a stored zero point to get the real one (1 for GPTQ v1, else 0)."""
-        return 1 if self.checkpoint_format == "gptq" else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def read_json(path: Path) -> dict:
@@ -134,7 +61,7 @@ def detect_prequantized(model_id: str | os.PathLike) -> PrequantizedFormat | Non
     if from_config and not from_config.get("quant_method") and not (sidecar or {}).get("quant_method"):
         return None  # a quantization_config without a method: not a GPTQ/AWQ checkpoint
     if method == "compressed-tensors":
-        return _compressed_tensors_format(from_config or {}, str(config_file))
+        return compressed_tensors_format(from_config or {}, str(config_file))
     if method in ("auto-round", "autoround", "intel/auto-round"):
         return _auto_round_format(from_config or sidecar or {}, str(config_file if from_config else sidecar_file))
     if method not in ("gptq", "awq"):
@@ -305,79 +232,3 @@ def _awq_format(settings: dict, source: str) -> PrequantizedFormat:
         method="awq", bits=bits, group_size=group_size, sym=False, desc_act=False,
         checkpoint_format=f"awq_{version}", source=source,
     )
-
-
-CT_INT_FORMATS = ("pack-quantized", "naive-quantized", "int-quantized")
-CT_FORMATS = (*CT_INT_FORMATS, "float-quantized")
-
-
-def _compressed_tensors_format(settings: dict, source: str) -> PrequantizedFormat:
-    """llm-compressor's ``quantization_config``: integer weight schemes per config group, kept exactly."""
-    status = settings.get("quantization_status", "compressed")
-    if status != "compressed":
-        raise ExportError(
-            f"{source}: compressed-tensors quantization_status={status!r}: the weights are not stored compressed. "
-            "Save the model with llm-compressor's save_pretrained(..., save_compressed=True)."
-        )
-    sparsity = settings.get("sparsity_config") or {}
-    if sparsity and str(sparsity.get("format", "dense")) != "dense":
-        raise ExportError(
-            f"{source}: compressed-tensors sparsity format {sparsity.get('format')!r} is not supported; optimum-wc "
-            "reads dense quantized weights. Re-save the model without sparsity compression."
-        )
-    groups = settings.get("config_groups")
-    if not isinstance(groups, dict) or not groups:
-        raise ExportError(f"{source}: compressed-tensors quantization_config has no config_groups; fix the config.")
-    top_format = str(settings.get("format") or "")
-    parsed = tuple(_ct_group(name, group, top_format, source) for name, group in groups.items())
-    first = parsed[0]
-    ignore = settings.get("ignore") or []
-    return PrequantizedFormat(
-        method="compressed-tensors", bits=first.bits, group_size=first.group_size, sym=first.sym,
-        desc_act=any(g.act_order for g in parsed), checkpoint_format=first.checkpoint_format, source=source,
-        layer_groups=parsed, ignore=tuple(str(i) for i in ignore),
-    )
-
-
-def _ct_group(name: str, group: Any, top_format: str, source: str) -> LayerGroup:
-    where = f"{source}: config group {name!r}"
-    if not isinstance(group, dict) or not isinstance(group.get("weights"), dict):
-        raise ExportError(f"{where} has no weights scheme; fix the config.")
-    args = group["weights"]
-    fmt = str(group.get("format") or top_format or "pack-quantized")
-    if fmt not in CT_FORMATS:
-        raise ExportError(
-            f"{where}: compressed-tensors format {fmt!r} is not supported yet; optimum-wc keeps "
-            f"{', '.join(CT_FORMATS)} weights exactly. Export the float model and compress it with "
-            "WeightCompressionConfig instead."
-        )
-    kind, bits = str(args.get("type", "int")), args.get("num_bits")
-    fp8 = fmt == "float-quantized" and kind == "float" and bits == 8
-    if not fp8 and (fmt == "float-quantized" or kind != "int" or bits not in (4, 8)):
-        raise ExportError(
-            f"{where}: {bits}-bit {kind} weights are not supported in {fmt!r}; optimum-wc keeps 4- and 8-bit "
-            "integer weights (u4/i4/u8/i8 constants) and 8-bit float weights of float-quantized (f8e4m3) exactly."
-        )
-    if args.get("dynamic"):
-        raise ExportError(f"{where}: dynamic weight quantization has no stored scales; fix the config.")
-    strategy = str(args.get("strategy", "tensor"))
-    if strategy == "group":
-        group_size = args.get("group_size")
-        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size <= 0:
-            raise ExportError(f"{where}: strategy 'group' needs a positive group_size, not {group_size!r}.")
-    elif strategy in ("channel", "tensor"):
-        group_size = -1 if strategy == "channel" else 0
-    else:
-        raise ExportError(
-            f"{where}: weight strategy {strategy!r} is not supported; optimum-wc reads 'group', 'channel' and "
-            "'tensor' weight scales."
-        )
-    if fp8 and (strategy == "group" or not args.get("symmetric", True)):
-        raise ExportError(f"{where}: FP8 weights with strategy {strategy!r} / asymmetric are not supported; optimum-wc "
-                          "keeps symmetric per-channel and per-tensor FP8 weights exactly.")
-    targets = group.get("targets") or []
-    if isinstance(targets, str):
-        targets = [targets]
-    return LayerGroup(targets=tuple(str(t) for t in targets), bits=int(bits), group_size=int(group_size),
-                      sym=bool(args.get("symmetric", True)), act_order=str(args.get("actorder")) == "group",
-                      checkpoint_format="naive-quantized" if fmt == "int-quantized" else fmt, float_weights=fp8)

@@ -34,9 +34,25 @@ from ..config import CompressWeightsMode
 from ..errors import ExportError
 from ..quant.bitpack import unpack_along_columns, unpack_along_rows, unpack_awq
 from ..quant.lowering import CompressedWeight, dequantize
-from .formats import PrequantizedFormat
+from .formats import LayerGroup, PrequantizedFormat
 
 QUANT_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+@dataclass
+class QuantizedLinear:
+    """One quantized linear layer of the checkpoint: ``<prefix>.qweight`` etc., weight ``[out, in]``."""
+
+    prefix: str  # e.g. model.layers.0.self_attn.q_proj
+    in_features: int
+    out_features: int
+    tensors: dict[str, str]  # kind ("qweight", ...) -> tensor name present in the checkpoint
+    group: LayerGroup | None = None  # compressed-tensors: the config group that quantized it
+    fmt: PrequantizedFormat | None = None  # GPTQ/AWQ: the layer's settings (after per-layer overrides)
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.prefix}.weight"
 
 
 @dataclass

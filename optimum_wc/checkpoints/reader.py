@@ -18,28 +18,12 @@ import numpy as np
 from ..errors import ExportError
 from ..layout import SAFETENSORS_INDEX
 from . import compressed_tensors as ct
-from .formats import SIDECAR, LayerGroup, PrequantizedFormat, detect_prequantized, read_json
-from .layers import QUANT_TENSORS, LayerWeights, convert_awq_layer, convert_gptq_layer, group_count
+from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
+from .layers import QUANT_TENSORS, LayerWeights, QuantizedLinear, convert_awq_layer, convert_gptq_layer, group_count
 
 logger = logging.getLogger("optimum_wc")
 
 _DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
-
-
-@dataclass
-class QuantizedLinear:
-    """One quantized linear layer of the checkpoint: ``<prefix>.qweight`` etc., weight ``[out, in]``."""
-
-    prefix: str  # e.g. model.layers.0.self_attn.q_proj
-    in_features: int
-    out_features: int
-    tensors: dict[str, str]  # kind ("qweight", ...) -> tensor name present in the checkpoint
-    group: LayerGroup | None = None  # compressed-tensors: the config group that quantized it
-    fmt: PrequantizedFormat | None = None  # GPTQ/AWQ: the layer's settings (after per-layer overrides)
-
-    @property
-    def weight_name(self) -> str:
-        return f"{self.prefix}.weight"
 
 
 def gemv_zeros_width(n_groups: int, group_size: int) -> int:
@@ -157,7 +141,9 @@ class PrequantizedCheckpoint:
         prefixes: dict[str, dict[str, str]] = {}
         if self.fmt.method == "compressed-tensors":
             prefixes = ct.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
-            check = self._check_ct_layer
+
+            def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
+                return ct.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape)
         else:
             kinds = QUANT_TENSORS if self.fmt.method == "gptq" else QUANT_TENSORS[:3]
             for name in self.tensors:
@@ -183,48 +169,6 @@ class PrequantizedCheckpoint:
                 f"{prefix}.{marker}: {weight_name} has shape {list(expected)} in the model, not a linear layer's [out, in]."
             )
         return int(expected[0]), int(expected[1])
-
-    def _check_ct_layer(self, prefix: str, found: dict[str, str]) -> QuantizedLinear:
-        """A compressed-tensors layer: its config group, then every tensor's presence, dtype and shape."""
-        marker = "weight_packed" if "weight_packed" in found else "weight"
-        group = self.fmt.group_of(prefix)
-        if group is None:
-            raise ExportError(
-                f"{prefix}.{marker} is quantized, but no config group of {self.fmt.source} targets {prefix}; "
-                "the weights and the config disagree: use the config saved with these weights."
-            )
-        n_out, n_in = self._linear_shape(prefix, marker)
-        if group.group_size > 0 and n_in % group.group_size:
-            raise ExportError(
-                f"{prefix}: {n_in} input channels are not a multiple of group_size={group.group_size}, which "
-                "compressed-tensors requires; the checkpoint is corrupt or its config is wrong."
-            )
-        expected = ct.expected_tensors(group, n_out, n_in)
-        optional = {"weight_g_idx": ((n_in,), ("I32", "I64"), "[in]"), "weight_shape": ((2,), ("I32", "I64"), "[2]")}
-        for kind in expected:
-            if kind not in found:
-                raise ExportError(
-                    f"{prefix}.{kind} is missing from the checkpoint ({', '.join(sorted(found.values()))} are there): "
-                    f"a {group.checkpoint_format} {'symmetric' if group.sym else 'asymmetric'} layer needs "
-                    f"{', '.join(expected)}. The checkpoint is incomplete: re-download or re-save it."
-                )
-        for kind, name in found.items():
-            shape, dtypes, layout = {**optional, **expected}.get(kind, (None, None, None))
-            if shape is None:
-                continue
-            info = self.tensors[name]
-            if info.dtype not in dtypes:
-                raise ExportError(
-                    f"{name} is {info.dtype}, but a {group.checkpoint_format} {kind} must be {' or '.join(dtypes)}; "
-                    "re-save the checkpoint with compressed-tensors."
-                )
-            if info.shape != shape and not (kind == "weight_scale" and shape == (1,) and info.shape in ((), (1, 1))):
-                raise ExportError(
-                    f"{name} has shape {list(info.shape)}, but config.json makes {prefix}.weight [{n_out}, {n_in}], so "
-                    f"a {group.bits}-bit {group.checkpoint_format} {kind} must be {list(shape)} ({layout}). The weights "
-                    "and the config disagree: use the config saved with these weights."
-                )
-        return QuantizedLinear(prefix, n_in, n_out, dict(found), group)
 
     def _check_layer(self, prefix: str, found: dict[str, str]) -> QuantizedLinear:
         fmt, method = self.fmt.for_layer(prefix), self.fmt.method.upper()
