@@ -38,8 +38,8 @@ from ..config import CompressWeightsMode
 from ..errors import ExportError
 from ..quant.lowering import CompressedWeight
 from ..quant.minifloat import E4M3_VALUES
-from .formats import LayerGroup, PrequantizedFormat
 from .layers import LayerWeights, QuantizedLinear, as_f16_scales, build_weight, group_order
+from .settings import LayerGroup, PrequantizedFormat
 
 KINDS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight",
          "weight_global_scale", "input_global_scale")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from .bitsandbytes import bitsandbytes_format
 from .ct_config import compressed_tensors_format
 from .settings import CT_FORMATS, LayerGroup, LayerOverride, PrequantizedFormat  # noqa: F401 - re-exported
 
@@ -64,8 +65,10 @@ def detect_prequantized(model_id: str | os.PathLike) -> PrequantizedFormat | Non
         return compressed_tensors_format(from_config or {}, str(config_file))
     if method in ("auto-round", "autoround", "intel/auto-round"):
         return _auto_round_format(from_config or sidecar or {}, str(config_file if from_config else sidecar_file))
+    if method == "bitsandbytes":
+        return bitsandbytes_format(from_config or {}, str(config_file))
     if method not in ("gptq", "awq"):
-        return None  # bitsandbytes, fp8, ...: not handled here
+        return None  # fp8, hqq, ...: not handled here
     merged: dict[str, Any] = {}
     for data in (sidecar, from_config):  # config.json last: its values are checked against the sidecar's
         for key, value in (data or {}).items():

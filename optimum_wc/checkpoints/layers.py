@@ -26,7 +26,7 @@ export then reorders the activation to match, ``x W^T == x[..., P] (W[:, P])^T``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from ..config import CompressWeightsMode
 from ..errors import ExportError
 from ..quant.bitpack import unpack_along_columns, unpack_along_rows, unpack_awq
 from ..quant.lowering import CompressedWeight, dequantize
-from .formats import LayerGroup, PrequantizedFormat
+from .settings import LayerGroup, PrequantizedFormat
 
 QUANT_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -49,6 +49,7 @@ class QuantizedLinear:
     tensors: dict[str, str]  # kind ("qweight", ...) -> tensor name present in the checkpoint
     group: LayerGroup | None = None  # compressed-tensors: the config group that quantized it
     fmt: PrequantizedFormat | None = None  # GPTQ/AWQ: the layer's settings (after per-layer overrides)
+    state: dict = field(default_factory=dict)  # bitsandbytes: the layer's quant state (blocksize, nesting, ...)
 
     @property
     def weight_name(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..layout import SAFETENSORS_INDEX
+from . import bitsandbytes as bnb
 from . import compressed_tensors as ct
 from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
 from .layers import QUANT_TENSORS, LayerWeights, QuantizedLinear, convert_awq_layer, convert_gptq_layer, group_count
@@ -114,7 +115,8 @@ class PrequantizedCheckpoint:
         self.expected = _expected_linear_shapes(self.path, trust_remote_code)
         self.layers: list[QuantizedLinear] = self._find_layers()
         if not self.layers:
-            marker = ".weight_packed or an int8 .weight" if self.fmt.method == "compressed-tensors" else ".qweight"
+            marker = {"compressed-tensors": ".weight_packed or an int8 .weight",
+                      "bitsandbytes": ".SCB or .weight.quant_state.bitsandbytes__*"}.get(self.fmt.method, ".qweight")
             raise ExportError(
                 f"{self.path}: the config says {self.fmt.method.upper()} but no tensor ends in {marker}; "
                 "the weights are "
@@ -144,6 +146,11 @@ class PrequantizedCheckpoint:
 
             def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
                 return ct.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape)
+        elif self.fmt.method == "bitsandbytes":
+            prefixes = bnb.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
+
+            def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
+                return bnb.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape, self.read)
         else:
             kinds = QUANT_TENSORS if self.fmt.method == "gptq" else QUANT_TENSORS[:3]
             for name in self.tensors:
@@ -261,7 +268,9 @@ class PrequantizedCheckpoint:
     def layer_weights(self, layer: QuantizedLinear) -> LayerWeights:
         """Unpack, check and convert one layer (raises :class:`ExportError` naming the tensor on bad values)."""
         t = {kind: self.read(name) for kind, name in layer.tensors.items()}
-        if layer.group is not None:
+        if self.fmt.method == "bitsandbytes":
+            lw = bnb.convert_layer(layer, t)
+        elif layer.group is not None:
             lw = ct.convert_layer(layer.prefix, layer.group, t, layer.in_features, layer.out_features)
         elif self.fmt.method == "gptq":
             lw = convert_gptq_layer(layer.prefix, layer.fmt or self.fmt, t["qweight"], t["qzeros"], t["scales"],
