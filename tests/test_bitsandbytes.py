@@ -14,12 +14,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import conftest
 import numpy as np
 import openvino as ov
 import pytest
-
-import conftest
 from gptq_writer import edit_config, edit_tensors
+
 from optimum_wc import ExportError
 from optimum_wc.checkpoints.formats import detect_prequantized
 from optimum_wc.checkpoints.reader import PrequantizedCheckpoint
