@@ -452,8 +452,11 @@ def test_detection(llama_dir, tmp_path):
     edit_config(ckpt_dir, lambda c: c.update(quantization_config={"quant_method": "gptq", "bits": 8}))
     with pytest.raises(ExportError, match=r"bits=4 in quantize_config\.json but bits=8 in config\.json"):
         detect_prequantized(ckpt_dir)
-    bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    bnb = {"quant_method": "bitsandbytes", "load_in_4bit": True}  # BitsAndBytesConfig's default type is fp4
     edit_config(ckpt_dir, lambda c: c.update(quantization_config=bnb))
+    assert (detect_prequantized(ckpt_dir).method, detect_prequantized(ckpt_dir).checkpoint_format) == (
+        "bitsandbytes", "fp4")
+    edit_config(ckpt_dir, lambda c: c.update(quantization_config={"quant_method": "hqq", "nbits": 4}))
     assert detect_prequantized(ckpt_dir) is None  # not ours: left to optimum-intel
 
 

@@ -179,7 +179,7 @@ def convert_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray],
         g_idx = None
     group_size = group.group_size if group.group_size > 0 else -1
     permutation = group_order(g_idx, f"{prefix}.weight_g_idx", n_in, n_groups, group_size)
-    codes = (levels + mid).astype(np.uint8).T  # [in, out], unsigned as the IR stores them
+    codes = (levels + mid).astype(np.uint8)  # [out, in], unsigned as the IR stores them
     cw, note = build_weight(codes, zeros + mid, scales, permutation, bits, group_size, group.sym, names)
     return LayerWeights(cw, permutation, note)
 

@@ -152,7 +152,7 @@ def split_ragged_groups(zeros: np.ndarray, scales: np.ndarray, in_features: int,
 
 
 def build_weight(
-    codes_in_out: np.ndarray,
+    codes: np.ndarray,
     zeros: np.ndarray,
     scales: np.ndarray,
     permutation: np.ndarray | None,
@@ -161,13 +161,11 @@ def build_weight(
     sym: bool,
     names: dict[str, str],
 ) -> tuple[CompressedWeight, str]:
-    """Codes ``[in, out]`` (uint8), real zero points ``[G, out]`` (int), scales ``[G, out]`` -> CompressedWeight."""
-    n_in, n_out = codes_in_out.shape
+    """Codes ``[out, in]`` (uint8), real zero points ``[G, out]`` (int), scales ``[G, out]`` -> CompressedWeight."""
+    n_out, n_in = codes.shape
     zeros, scales, group_size, note = split_ragged_groups(zeros, scales, n_in, group_size)
     n_groups = zeros.shape[0]
-    if permutation is not None:
-        codes_in_out = codes_in_out[permutation]
-    codes = np.ascontiguousarray(codes_in_out.T)  # [out, in]
+    codes = np.ascontiguousarray(codes if permutation is None else codes[:, permutation], dtype=np.uint8)
     scale = np.ascontiguousarray(scales.T.astype(np.float32))  # [out, G]
     zp = np.ascontiguousarray(zeros.T)  # [out, G]
     if group_size != -1:
@@ -181,7 +179,7 @@ def build_weight(
     high = 2**container - 1
     mid = 2 ** (bits - 1)
     if sym and np.all(zp == mid):
-        signed = (codes.astype(np.int16) - mid).astype(np.int8)
+        signed = (codes - np.uint8(mid)).view(np.int8)  # c - mid, two's complement (uint8 arithmetic wraps)
         mode = CompressWeightsMode.INT4_SYM if container == 4 else CompressWeightsMode.INT8_SYM
         return CompressedWeight(signed, scale, None, mode, group_size, (n_out, n_in)), note
     if sym:
@@ -224,7 +222,10 @@ def convert_gptq_layer(
     """One GPTQ linear (tensors ``<prefix>.qweight/qzeros/scales/g_idx``) in exact integer form."""
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
     n_groups = group_count(in_features, fmt.group_size)
-    codes = unpack_along_rows(qweight, fmt.bits)  # [in, out]
+    if fmt.bits == 3:  # a bit stream along the input axis
+        codes = np.ascontiguousarray(unpack_along_rows(qweight, 3).T)
+    else:  # the packed words transposed (8x less data than the codes): then input values run along each row
+        codes = unpack_along_columns(np.ascontiguousarray(qweight.T), fmt.bits)  # [out, in]
     stored = unpack_along_columns(qzeros, fmt.bits)  # [G, out]
     # v1: real zero point = stored value + 1, as AutoGPTQ's kernels compute it (may reach 2^bits)
     zeros = stored.astype(np.int32) + fmt.zero_point_offset
@@ -247,11 +248,11 @@ def convert_awq_layer(
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
     n_groups = group_count(in_features, fmt.group_size)
     if fmt.checkpoint_format == "awq_gemv":  # [out, in / 8] natural nibble order; zeros and scales padded
-        codes = np.ascontiguousarray(unpack_along_columns(qweight, 4).T)  # [in, out]
+        codes = unpack_along_columns(qweight, 4)  # [out, in]
         zeros = np.ascontiguousarray(unpack_along_columns(qzeros, 4)[:, :n_groups].T).astype(np.int32)
         scales = np.ascontiguousarray(scales[:, :n_groups].T)
     else:
-        codes = unpack_awq(qweight)  # [in, out]
+        codes = np.ascontiguousarray(unpack_awq(qweight).T)  # [out, in]
         zeros = unpack_awq(qzeros).astype(np.int32)  # [G, out]
     scales = as_f16_scales(scales, names["scales"])
     cw, note = build_weight(codes, zeros, scales, None, 4, fmt.group_size, False, names)
