@@ -217,6 +217,9 @@ VARIANTS = {
     "gptq-sidecar-config-2-shards": dict(bits=4, group_size=64, config_file="quantize_config.json", shards=2),
     "awq-gemm-g32": dict(method="awq", bits=4, group_size=32),
     "awq-gemv-g32": dict(method="awq", bits=4, group_size=32, awq_version="gemv"),
+    # GPTQModel's symmetric AWQ: zero_point false, qzeros still stored (all 8): i4 codes
+    "awq-gemm-sym-zero-point-false": dict(method="awq", bits=4, group_size=32, sym=True, quant_config={
+        "quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemm", "zero_point": False}),
     "gptq-v1-3bit-asym-g32": dict(bits=3, group_size=32),
     "gptq-v2-3bit-sym-act-order": dict(bits=3, group_size=32, sym=True, desc_act=True, checkpoint_format="gptq_v2"),
     "gptq-v1-2bit-asym-g16": dict(bits=2, group_size=16),
@@ -418,9 +421,14 @@ BAD = {
         _g_idx_out_of_range,
         r"model\.layers\.0\.self_attn\.k_proj\.g_idx maps input channel 5 to group 7, outside \[0, 2\)",
     ),
-    "awq marlin": (
+    "awq marlin with zero points": (
         lambda d: edit_config(d, lambda c: c["quantization_config"].update(quant_method="awq", version="marlin")),
-        r"AWQ version='marlin' is not supported",
+        r"a Marlin checkpoint must be 4-bit, symmetric, without act-order and with group_size 128 or -1 \(got bits=4, "
+        r"sym=False",
+    ),
+    "awq exllama": (
+        lambda d: edit_config(d, lambda c: c["quantization_config"].update(quant_method="awq", version="exllama")),
+        r"AWQ version='exllama' is not supported; optimum-wc reads the GEMM, GEMV and Marlin layouts",
     ),
 }
 

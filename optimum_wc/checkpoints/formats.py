@@ -123,21 +123,34 @@ def _gptq_format(settings: dict, source: str) -> PrequantizedFormat:
     group_size = _int_setting(settings, ("group_size",), source, default=128)
     _check_group_size(group_size, source)
     fmt = str(settings.get("checkpoint_format") or settings.get("format") or "gptq").lower()
-    if fmt not in ("gptq", "gptq_v2"):
+    if fmt not in ("gptq", "gptq_v2", "marlin"):
         raise ExportError(
-            f"{source}: GPTQ checkpoint_format={fmt!r} is not supported; optimum-wc reads the 'gptq' (v1) and "
-            "'gptq_v2' layouts. Re-save the model in one of them (GPTQModel: format='gptq')."
+            f"{source}: GPTQ checkpoint_format={fmt!r} is not supported; optimum-wc reads the 'gptq' (v1), "
+            "'gptq_v2' and 'marlin' layouts. Re-save the model in one of them (GPTQModel: format='gptq')."
         )
+    if fmt == "marlin":
+        _check_marlin(bits, group_size, bool(settings.get("sym", True)), bool(settings.get("desc_act")), source)
     pack_dtype = str(settings.get("pack_dtype") or "int32").replace("torch.", "")
     if pack_dtype != "int32":
         raise ExportError(
             f"{source}: GPTQ pack_dtype={pack_dtype!r} is not supported; re-save the model with int32 packing."
         )
+    quantizer = (settings.get("meta") or {}).get("quantizer") if isinstance(settings.get("meta"), dict) else None
+    by_gptqmodel = any(str(q).startswith("gptqmodel") for q in (quantizer if isinstance(quantizer, list) else []))
     return PrequantizedFormat(
         method="gptq", bits=bits, group_size=group_size, sym=bool(settings.get("sym", True)),
         desc_act=bool(settings.get("desc_act", False)), checkpoint_format=fmt, source=source,
-        overrides=_gptqmodel_dynamic(settings.get("dynamic"), source),
+        overrides=_gptqmodel_dynamic(settings.get("dynamic"), source), producer="gptqmodel" if by_gptqmodel else "",
     )
+
+
+def _check_marlin(bits: int, group_size: int, sym: bool, desc_act: bool, source: str) -> None:
+    """Marlin holds symmetric 4-bit weights, in natural channel order, per channel or in groups of 128."""
+    if bits != 4 or not sym or desc_act or group_size not in (-1, 128):
+        raise ExportError(
+            f"{source}: a Marlin checkpoint must be 4-bit, symmetric, without act-order and with group_size 128 or -1 "
+            f"(got bits={bits}, sym={sym}, desc_act={desc_act}, group_size={group_size}); fix the quantization config."
+        )
 
 
 def _override(pattern: str, regex: bool, skip: bool, settings: Any, source: str, allowed_bits) -> LayerOverride:
@@ -219,19 +232,21 @@ def _awq_format(settings: dict, source: str) -> PrequantizedFormat:
     group_size = _int_setting(settings, ("group_size", "q_group_size"), source, default=128)
     _check_group_size(group_size, source)
     version = str(settings.get("version") or "gemm").lower()
-    if version not in ("gemm", "gemv"):
+    if version not in ("gemm", "gemv", "marlin"):
         raise ExportError(
-            f"{source}: AWQ version={version!r} is not supported; optimum-wc reads the GEMM and GEMV layouts. "
-            "Re-save the model with version='gemm'."
+            f"{source}: AWQ version={version!r} is not supported; optimum-wc reads the GEMM, GEMV and Marlin "
+            "layouts. Re-save the model with version='gemm'."
         )
+    zero_point = bool(settings.get("zero_point", True))
+    if version == "marlin":  # AutoAWQ's WQLinear_Marlin: symmetric, no qzeros
+        _check_marlin(bits, group_size, not zero_point, False, source)
+        return PrequantizedFormat(method="awq", bits=4, group_size=group_size, sym=True, desc_act=False,
+                                  checkpoint_format="awq_marlin", source=source)
     if version == "gemv" and group_size not in (32, 64) and group_size < 128:
         raise ExportError(f"{source}: AWQ GEMV with group_size={group_size} does not exist (AutoAWQ writes 32, 64 "
                           "or >= 128); fix group_size in the quantization config.")
-    if not settings.get("zero_point", True):
-        raise ExportError(
-            f"{source}: AWQ zero_point=false is not supported; optimum-wc reads AWQ GEMM with zero points."
-        )
+    # zero_point false (GPTQModel's symmetric AWQ): the qzeros are still stored, all 8, and read as they are
     return PrequantizedFormat(
-        method="awq", bits=bits, group_size=group_size, sym=False, desc_act=False,
+        method="awq", bits=bits, group_size=group_size, sym=not zero_point, desc_act=False,
         checkpoint_format=f"awq_{version}", source=source,
     )

@@ -34,6 +34,7 @@ from ..config import CompressWeightsMode
 from ..errors import ExportError
 from ..quant.bitpack import unpack_along_columns, unpack_along_rows, unpack_awq
 from ..quant.lowering import CompressedWeight, dequantize
+from ..quant.marlin import unpack_marlin
 from .settings import LayerGroup, PrequantizedFormat
 
 QUANT_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
@@ -222,13 +223,20 @@ def convert_gptq_layer(
     """One GPTQ linear (tensors ``<prefix>.qweight/qzeros/scales/g_idx``) in exact integer form."""
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
     n_groups = group_count(in_features, fmt.group_size)
+    if fmt.checkpoint_format == "marlin":
+        return convert_marlin_layer(prefix, fmt, qweight, scales)
     if fmt.bits == 3:  # a bit stream along the input axis
         codes = np.ascontiguousarray(unpack_along_rows(qweight, 3).T)
     else:  # the packed words transposed (8x less data than the codes): then input values run along each row
         codes = unpack_along_columns(np.ascontiguousarray(qweight.T), fmt.bits)  # [out, in]
-    stored = unpack_along_columns(qzeros, fmt.bits)  # [G, out]
-    # v1: real zero point = stored value + 1, as AutoGPTQ's kernels compute it (may reach 2^bits)
-    zeros = stored.astype(np.int32) + fmt.zero_point_offset
+    if fmt.zero_point_offset and fmt.producer == "gptqmodel" and fmt.bits != 3:
+        # GPTQModel writes v1 by subtracting 0x11..1 from the whole word (a zero point of 0 borrows from the next
+        # field) and reads it back by adding it: undo exactly that
+        ones = np.uint32(sum(1 << (fmt.bits * k) for k in range(32 // fmt.bits)))
+        words = np.ascontiguousarray(qzeros).view(np.uint32) + ones  # modulo 2^32, as GPTQModel's int32 add
+        zeros = unpack_along_columns(words.view(np.int32), fmt.bits).astype(np.int32)
+    else:  # v1: real zero point = stored value + 1, as AutoGPTQ's kernels compute it (may reach 2^bits)
+        zeros = unpack_along_columns(qzeros, fmt.bits).astype(np.int32) + fmt.zero_point_offset  # [G, out]
     permutation = group_order(g_idx, names["g_idx"], in_features, n_groups, fmt.group_size)
     cw, note = build_weight(codes, zeros, as_f16_scales(scales, names["scales"]), permutation,
                              fmt.bits, fmt.group_size, fmt.sym, names)
@@ -255,5 +263,15 @@ def convert_awq_layer(
         codes = np.ascontiguousarray(unpack_awq(qweight).T)  # [out, in]
         zeros = unpack_awq(qzeros).astype(np.int32)  # [G, out]
     scales = as_f16_scales(scales, names["scales"])
-    cw, note = build_weight(codes, zeros, scales, None, 4, fmt.group_size, False, names)
+    cw, note = build_weight(codes, zeros, scales, None, 4, fmt.group_size, fmt.sym, names)
     return LayerWeights(cw, None, note)
+
+
+def convert_marlin_layer(prefix: str, fmt: PrequantizedFormat, packed: np.ndarray, scales: np.ndarray
+                         ) -> LayerWeights:
+    """One Marlin linear (GPTQ ``B`` / ``s``, AWQ ``qweight`` / ``scales``): symmetric 4-bit codes in natural order."""
+    names = {"qzeros": f"{prefix} (Marlin, symmetric)", "scales": f"{prefix}.scales"}
+    codes, natural = unpack_marlin(packed, scales)
+    zeros = np.full(natural.shape, 8, dtype=np.int32)
+    cw, note = build_weight(codes, zeros, as_f16_scales(natural, names["scales"]), None, 4, fmt.group_size, True, names)
+    return LayerWeights(cw, None, "; ".join(filter(None, [note, "Marlin tiles unpacked into natural order"])))

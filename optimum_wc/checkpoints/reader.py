@@ -17,10 +17,19 @@ import numpy as np
 
 from ..errors import ExportError
 from ..layout import SAFETENSORS_INDEX
+from ..quant.marlin import marlin_shape_problem
 from . import bitsandbytes as bnb
 from . import compressed_tensors as ct
 from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
-from .layers import QUANT_TENSORS, LayerWeights, QuantizedLinear, convert_awq_layer, convert_gptq_layer, group_count
+from .layers import (
+    QUANT_TENSORS,
+    LayerWeights,
+    QuantizedLinear,
+    convert_awq_layer,
+    convert_gptq_layer,
+    convert_marlin_layer,
+    group_count,
+)
 
 logger = logging.getLogger("optimum_wc")
 
@@ -152,11 +161,13 @@ class PrequantizedCheckpoint:
             def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
                 return bnb.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape, self.read)
         else:
-            kinds = QUANT_TENSORS if self.fmt.method == "gptq" else QUANT_TENSORS[:3]
+            kinds = {k: k for k in (QUANT_TENSORS if self.fmt.method == "gptq" else QUANT_TENSORS[:3])}
+            if self.fmt.checkpoint_format == "marlin":  # AutoGPTQ's Marlin names its tensors B and s
+                kinds = {"B": "qweight", "s": "scales"}
             for name in self.tensors:
                 prefix, _, kind = name.rpartition(".")
                 if kind in kinds and prefix:
-                    prefixes.setdefault(prefix, {})[kind] = name
+                    prefixes.setdefault(prefix, {})[kinds[kind]] = name
             check = self._check_layer
         order = {name: i for i, name in enumerate(self.expected)}
         ordered = sorted(prefixes, key=lambda prefix: (order.get(f"{prefix}.weight", len(order)), prefix))
@@ -184,7 +195,9 @@ class PrequantizedCheckpoint:
                 f"{prefix}.qweight is in the checkpoint, but a per-layer override of {self.fmt.source} leaves "
                 f"{prefix} float; the weights and the config disagree: use the config saved with these weights."
             )
+        marlin = fmt.checkpoint_format in ("marlin", "awq_marlin")
         required = ("qweight", "qzeros", "scales") + (("g_idx",) if fmt.method == "gptq" and fmt.desc_act else ())
+        required = ("qweight", "scales") if marlin else required
         for kind in required:
             if kind not in found:
                 present = ", ".join(sorted(found.values()))
@@ -215,7 +228,13 @@ class PrequantizedCheckpoint:
         n_out, n_in = expected
         bits = fmt.bits
         n_groups = group_count(n_in, fmt.group_size)
-        if fmt.method == "gptq":
+        if marlin:
+            problem = marlin_shape_problem(n_in, n_out, n_groups)
+            if problem:
+                raise ExportError(f"{prefix}: {problem}; the checkpoint does not match its config.json.")
+            shapes = {"qweight": (n_in // 16, 2 * n_out), "scales": (n_groups, n_out)}
+            layout = {"qweight": "[in / 16, 2 * out]", "scales": "[groups, out]"}
+        elif fmt.method == "gptq":
             shapes = {"qweight": (n_in * bits // 32, n_out), "qzeros": (n_groups, n_out * bits // 32),
                       "scales": (n_groups, n_out), "g_idx": (n_in,)}
             layout = {"qweight": "[in * bits / 32, out]", "qzeros": "[groups, out * bits / 32]",
@@ -272,6 +291,8 @@ class PrequantizedCheckpoint:
             lw = bnb.convert_layer(layer, t)
         elif layer.group is not None:
             lw = ct.convert_layer(layer.prefix, layer.group, t, layer.in_features, layer.out_features)
+        elif (layer.fmt or self.fmt).checkpoint_format in ("marlin", "awq_marlin"):
+            lw = convert_marlin_layer(layer.prefix, layer.fmt or self.fmt, t["qweight"], t["scales"])
         elif self.fmt.method == "gptq":
             lw = convert_gptq_layer(layer.prefix, layer.fmt or self.fmt, t["qweight"], t["qzeros"], t["scales"],
                                     t.get("g_idx"), layer.in_features, layer.out_features)
