@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import ExportError
 from .bitsandbytes import bitsandbytes_format
 from .ct_config import compressed_tensors_format
+from .mxfp4 import mxfp4_format
 from .settings import CT_FORMATS, LayerGroup, LayerOverride, PrequantizedFormat  # noqa: F401 - re-exported
 
 SIDECAR = "quantize_config.json"
@@ -67,6 +68,8 @@ def detect_prequantized(model_id: str | os.PathLike) -> PrequantizedFormat | Non
         return _auto_round_format(from_config or sidecar or {}, str(config_file if from_config else sidecar_file))
     if method == "bitsandbytes":
         return bitsandbytes_format(from_config or {}, str(config_file))
+    if method == "mxfp4":
+        return mxfp4_format(from_config or {}, str(config_file))
     if method not in ("gptq", "awq"):
         return None  # fp8, hqq, ...: not handled here
     merged: dict[str, Any] = {}

@@ -51,10 +51,17 @@ class QuantizedLinear:
     group: LayerGroup | None = None  # compressed-tensors: the config group that quantized it
     fmt: PrequantizedFormat | None = None  # GPTQ/AWQ: the layer's settings (after per-layer overrides)
     state: dict = field(default_factory=dict)  # bitsandbytes: the layer's quant state (blocksize, nesting, ...)
+    param: str = ""  # the model parameter when it is not ``<prefix>.weight`` (MoE experts)
+    experts: int = 0  # MoE experts: the weight is [experts, out, in] in the IR ([experts, in, out] in the model)
 
     @property
     def weight_name(self) -> str:
-        return f"{self.prefix}.weight"
+        return self.param or f"{self.prefix}.weight"
+
+    @property
+    def ir_shape(self) -> tuple[int, ...]:
+        """The weight's shape in the IR: ``[out, in]``, or ``[experts, out, in]``."""
+        return ((self.experts,) if self.experts else ()) + (self.out_features, self.in_features)
 
 
 @dataclass

@@ -94,8 +94,9 @@ def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trus
     model.tie_weights()
     params = dict(model.named_parameters())  # tied parameters once, under their first name
     packed = packed or {}
+    swapped = transposed_experts(model, packed)
     shape_of = {**{n: tuple(info.shape) for n, info in tensors.info.items()}, **packed}
-    missing = [n for n, p in params.items() if shape_of.get(n) != tuple(p.shape)]
+    missing = [n for n, p in params.items() if shape_of.get(n) != (_swap(p.shape) if n in swapped else tuple(p.shape))]
     if missing:
         raise NotStreamable(f"the checkpoint has no tensor of the model's shape for {', '.join(missing[:3])}")
     placeholders: dict[str, str | None] = {
@@ -103,14 +104,18 @@ def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trus
         if n in packed or (p.dim() >= 2 and p.is_floating_point() and p.numel() >= MIN_PLACEHOLDER_ELEMENTS)
     }
     names = sorted(placeholders)
-    state = dict(zip(names, placeholder_views([tuple(params[n].shape) for n in names], dtype)))
+    state = dict(zip(names, placeholder_views([tuple(packed.get(n, params[n].shape)) for n in names], dtype)))
+    relaid = {n: state.pop(n) for n in swapped}
     for name, p in params.items():
-        if name not in state:
+        if name not in state and name not in relaid:
             info = tensors.info[name]
             tensor = torch_view(tensors.array(name), info.torch_dtype)
             state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     del state
+    for name, module in swapped.items():  # the experts laid out [experts, out, in]: the MatMul reads them as they are
+        setattr(module, name.rpartition(".")[2], torch.nn.Parameter(relaid[name], requires_grad=False))
+        module.is_transposed = False
     model.tie_weights()
     on_meta = [name for name, p in model.named_parameters() if p.is_meta]
     if on_meta or unexpected:
@@ -118,3 +123,27 @@ def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trus
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.eval(), placeholders
+
+
+def _swap(shape) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[1])
+
+
+def transposed_experts(model, packed: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Packed MoE expert parameters to give the exporter as ``[experts, out, in]``, with the module holding each.
+
+    transformers' experts marked ``is_transposed`` hold ``[experts, in, out]``,
+    which the exporter turns into a MatMul on a transposed *copy*; laid out
+    ``[experts, out, in]`` (the packed checkpoints' own order) with
+    ``is_transposed`` off, the MatMul reads the named constant itself.  Both
+    projections of a module must be packed in that order.
+    """
+    found: dict[str, Any] = {}
+    for module_name, module in model.named_modules():
+        if not getattr(module, "is_transposed", False):
+            continue
+        names = [f"{module_name}.{attr}" for attr in ("gate_up_proj", "down_proj")]
+        shapes = [tuple(getattr(module, attr).shape) for attr in ("gate_up_proj", "down_proj")]
+        if all(n in packed and tuple(packed[n]) == _swap(s) for n, s in zip(names, shapes)):
+            found.update({n: module for n in names})
+    return found

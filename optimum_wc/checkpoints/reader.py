@@ -20,6 +20,7 @@ from ..layout import SAFETENSORS_INDEX
 from ..quant.marlin import marlin_shape_problem
 from . import bitsandbytes as bnb
 from . import compressed_tensors as ct
+from . import mxfp4 as mx
 from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
 from .layers import (
     QUANT_TENSORS,
@@ -125,7 +126,8 @@ class PrequantizedCheckpoint:
         self.layers: list[QuantizedLinear] = self._find_layers()
         if not self.layers:
             marker = {"compressed-tensors": ".weight_packed or an int8 .weight",
-                      "bitsandbytes": ".SCB or .weight.quant_state.bitsandbytes__*"}.get(self.fmt.method, ".qweight")
+                      "bitsandbytes": ".SCB or .weight.quant_state.bitsandbytes__*",
+                      "mxfp4": "_blocks"}.get(self.fmt.method, ".qweight")
             raise ExportError(
                 f"{self.path}: the config says {self.fmt.method.upper()} but no tensor ends in {marker}; "
                 "the weights are "
@@ -155,6 +157,11 @@ class PrequantizedCheckpoint:
 
             def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
                 return ct.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape)
+        elif self.fmt.method == "mxfp4":
+            prefixes = mx.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
+
+            def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
+                return mx.check_layer(prefix, found, self.tensors, self.expected)
         elif self.fmt.method == "bitsandbytes":
             prefixes = bnb.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
 
@@ -170,7 +177,7 @@ class PrequantizedCheckpoint:
                     prefixes.setdefault(prefix, {})[kinds[kind]] = name
             check = self._check_layer
         order = {name: i for i, name in enumerate(self.expected)}
-        ordered = sorted(prefixes, key=lambda prefix: (order.get(f"{prefix}.weight", len(order)), prefix))
+        ordered = sorted(prefixes, key=lambda p: (order.get(f"{p}.weight", order.get(p, len(order))), p))
         return [check(prefix, prefixes[prefix]) for prefix in ordered]  # model order: first bad layer first
 
     def _linear_shape(self, prefix: str, marker: str) -> tuple[int, int]:
@@ -289,6 +296,8 @@ class PrequantizedCheckpoint:
         t = {kind: self.read(name) for kind, name in layer.tensors.items()}
         if self.fmt.method == "bitsandbytes":
             lw = bnb.convert_layer(layer, t)
+        elif self.fmt.method == "mxfp4":
+            lw = mx.convert_layer(layer, t)
         elif layer.group is not None:
             lw = ct.convert_layer(layer.prefix, layer.group, t, layer.in_features, layer.out_features)
         elif (layer.fmt or self.fmt).checkpoint_format in ("marlin", "awq_marlin"):

@@ -56,11 +56,11 @@ def _site_of(layer, by_name: dict[str, Any]):
             "its integer weights cannot be put in place. The exporter named or fused the layer differently; "
             "report this architecture to optimum-wc."
         )
-    if site.shape != (layer.out_features, layer.in_features) or site.reduction_axis != 1:
+    if site.shape != layer.ir_shape or site.reduction_axis != len(layer.ir_shape) - 1:
         raise ModelError(
             f"{layer.prefix} (quantized): the IR's weight self.{layer.weight_name} has shape {list(site.shape)} "
-            f"(input axis {site.reduction_axis}), not [{layer.out_features}, {layer.in_features}] "
-            "reduced on axis 1; "
+            f"(input axis {site.reduction_axis}), not {list(layer.ir_shape)} "
+            f"reduced on axis {len(layer.ir_shape) - 1}; "
             "report this architecture to optimum-wc."
         )
     return site
@@ -72,7 +72,7 @@ def _record(layer, lw) -> dict[str, Any]:
         "mode": lw.compressed.mode.value,
         "group_size": lw.compressed.group_size,
         "act_order": lw.permutation is not None,
-        "shape": [layer.out_features, layer.in_features],
+        "shape": list(layer.ir_shape),
     }
 
 
@@ -268,7 +268,7 @@ def _streamed(ckpt: PrequantizedCheckpoint, tensors, work: Path, task, trust_rem
     side = Path(tempfile.mkdtemp(prefix=".optimum-wc-config-", dir=work))
     try:
         stage_side_files(ckpt, side)
-        packed = {layer.weight_name: (layer.out_features, layer.in_features) for layer in ckpt.layers}
+        packed = {layer.weight_name: layer.ir_shape for layer in ckpt.layers}  # experts: [experts, out, in]
         model, placeholders = export_float_model(side, work, tensors, task, trust_remote_code, packed=packed)
     except NotStreamable as exc:
         logger.info("Not streaming the float weights of %s (%s): staging a float checkpoint first.", ckpt.path, exc)

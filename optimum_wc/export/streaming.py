@@ -54,7 +54,7 @@ def _exporter_patched(tensors: CheckpointTensors, trust_remote_code: bool, captu
     def load(task, model_name_or_path, *args, **kwargs):
         dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
         model, placeholders = placeholder_model(Path(model_name_or_path), tensors, dtype, trust_remote_code, packed)
-        captured["placeholders"] = placeholders
+        captured["placeholders"], captured["torch_model"] = placeholders, model
         return model
 
     def keep(model, path, compress_to_fp16=False):
@@ -99,6 +99,9 @@ def export_float_model(model_id: str | os.PathLike, side_dir: Path, tensors: Che
         model = captured.get("model")
         if model is None:
             raise NotStreamable("the exporter produced no model")
+        # The converter shares the memory of the traced model's small tensors (norms, biases, sinks) with their
+        # Constants instead of copying it: the IR keeps the torch model alive, or those Constants read freed memory
+        model._optimum_wc_traced_model = captured.pop("torch_model")
         placeholders = {p: t for p, t in captured["placeholders"].items() if t is not None}
         try:
             bind_constants(model, set(placeholders), lambda p: tensors.array(placeholders[p]),
