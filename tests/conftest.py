@@ -112,3 +112,29 @@ def constant_codes(const) -> np.ndarray:
             flat = np.where(flat > 7, flat - 16, flat)
         return flat.reshape(shape)
     return data.reshape(shape).astype(np.int64)
+
+
+def dequantized_logits(model_dir: Path, weights: dict, input_ids: np.ndarray, keep=None) -> np.ndarray:
+    """Logits of plain torch (float32) on a pre-quantized checkpoint: its float tensors, the quantized ones replaced.
+
+    ``weights``: the dequantized parameters by name (arrays or tensors); ``keep(name, tensor)`` picks the
+    checkpoint's float tensors that are model parameters (default: every floating tensor).  The model is built
+    from ``config.json`` without its ``quantization_config``; every parameter must be given (rotary buffers and a
+    tied lm_head aside) and no tensor may be left over.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    keep = keep or (lambda name, tensor: tensor.is_floating_point())
+    state = {k: v.float() for k, v in load_file(str(Path(model_dir) / "model.safetensors")).items() if keep(k, v)}
+    state.update({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    assert not unexpected and not [m for m in missing if not m.endswith(("inv_freq", *tied))], (missing, unexpected)
+    model.tie_weights()
+    with torch.no_grad():
+        return model(torch.from_numpy(input_ids)).logits.float().numpy()

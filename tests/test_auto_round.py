@@ -13,11 +13,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import conftest
 import numpy as np
 import openvino as ov
 import pytest
 
-import conftest
 from optimum_wc.checkpoints.formats import detect_prequantized
 from optimum_wc.checkpoints.reader import PrequantizedCheckpoint
 
@@ -54,10 +54,6 @@ def test_layers_equal_the_tools_dequantization(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_export_logits_and_fusion(name, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from optimum_wc import export_model
 
     out = tmp_path / "out"
@@ -65,17 +61,10 @@ def test_export_logits_and_fusion(name, tmp_path):
     model = ov.Core().read_model(out / "openvino_model.xml")
     logits = conftest.run_logits(model, IDS, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
 
-    config = AutoConfig.from_pretrained(FIXTURES / name)
-    delattr(config, "quantization_config")
-    torch_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    state = {k: v.float() for k, v in load_file(str(FIXTURES / name / "model.safetensors")).items()
-             if v.is_floating_point() and not k.endswith(".scales")}
     ckpt = PrequantizedCheckpoint(FIXTURES / name)
-    state.update({layer.weight_name: torch.from_numpy(ckpt.layer_weights(layer).dequantized()) for layer in ckpt.layers})
-    missing, unexpected = torch_model.load_state_dict(state, strict=False)
-    assert not unexpected and not missing, (missing, unexpected)
-    with torch.no_grad():
-        ref = torch_model(torch.from_numpy(IDS)).logits.numpy()
+    dequantized = {layer.weight_name: ckpt.layer_weights(layer).dequantized() for layer in ckpt.layers}
+    ref = conftest.dequantized_logits(FIXTURES / name, dequantized, IDS,
+                                      keep=lambda k, v: v.is_floating_point() and not k.endswith(".scales"))
     assert np.abs(logits - ref).max() / np.abs(ref).max() < 1e-3
     assert np.array_equal(logits.argmax(-1), ref.argmax(-1))
 

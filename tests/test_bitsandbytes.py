@@ -80,8 +80,6 @@ def test_detection_and_layers_equal_bitsandbytes(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_export_keeps_the_codes_logits_and_greedy_text(name, tmp_path):
     import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from optimum_wc import export_model
 
@@ -96,16 +94,7 @@ def test_export_keeps_the_codes_logits_and_greedy_text(name, tmp_path):
     for key, tool in reference.items():
         assert np.all(np.abs(ir[key] - tool) <= IR_BOUND * np.abs(tool) + 2.0**-24), key
 
-    config = AutoConfig.from_pretrained(FIXTURES / name)
-    delattr(config, "quantization_config")
-    torch_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    state = {k: v.float() for k, v in load_file(str(FIXTURES / name / "model.safetensors")).items()
-             if v.dtype == torch.bfloat16}
-    state.update({k: torch.from_numpy(v) for k, v in reference.items()})
-    missing, unexpected = torch_model.load_state_dict(state, strict=False)
-    assert not unexpected and not [m for m in missing if not m.endswith("rotary_emb.inv_freq")], (missing, unexpected)
-    with torch.no_grad():
-        ref = torch_model(torch.from_numpy(IDS)).logits.float().numpy()
+    ref = conftest.dequantized_logits(FIXTURES / name, reference, IDS, keep=lambda k, v: v.dtype == torch.bfloat16)
     logits = conftest.run_logits(model, IDS, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
     assert np.abs(logits - ref).max() / np.abs(ref).max() < 1e-3
     assert np.array_equal(logits.argmax(-1), ref.argmax(-1))  # greedy continuations agree position by position

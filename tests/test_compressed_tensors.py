@@ -116,23 +116,14 @@ def _fp4_dequantized(tensors: dict, prefix: str, meta: dict) -> np.ndarray:
 def _torch_logits(name: str, ids: np.ndarray) -> np.ndarray:
     """Plain torch, float32: the checkpoint's float weights, and each quantized linear dequantized exactly."""
     import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(FIXTURES / name)
-    delattr(config, "quantization_config")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    state = {k: v.float() for k, v in load_file(str(FIXTURES / name / "model.safetensors")).items()
-             if v.is_floating_point() and v.dtype != torch.float8_e4m3fn
-             and not k.endswith(("_scale", "_zero_point", "_global_scale"))}
     exact = _exact_dequantized(name)
     for key, tool in _reference_state(name).items():  # the tool's bfloat16 dequantization: one rounding of ours
         assert torch.equal(exact[key].to(torch.bfloat16), tool), key
-    state.update(exact)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and not [m for m in missing if not m.endswith("rotary_emb.inv_freq")], (missing, unexpected)
-    with torch.no_grad():
-        return model(torch.from_numpy(ids)).logits.float().numpy()
+    return conftest.dequantized_logits(
+        FIXTURES / name, exact, ids,
+        keep=lambda k, v: v.is_floating_point() and v.dtype != torch.float8_e4m3fn
+        and not k.endswith(("_scale", "_zero_point", "_global_scale")))
 
 
 def test_fixtures_are_there():

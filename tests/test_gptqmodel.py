@@ -93,10 +93,6 @@ def test_marlin_permutations_are_permutations_and_the_unpacker_inverts_a_pack():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_export_keeps_the_integers_logits_greedy_and_fusion(name, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from optimum_wc import export_model
 
     out = tmp_path / "out"
@@ -104,17 +100,8 @@ def test_export_keeps_the_integers_logits_greedy_and_fusion(name, tmp_path):
     model = ov.Core().read_model(out / "openvino_model.xml")
     logits = conftest.run_logits(model, IDS, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
 
-    config = AutoConfig.from_pretrained(FIXTURES / name)
-    delattr(config, "quantization_config")
-    torch_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    state = {k: v.float() for k, v in load_file(str(FIXTURES / name / "model.safetensors")).items()
-             if v.is_floating_point() and not k.endswith((".scales", ".s"))}
-    state.update({k: torch.from_numpy(v) for k, v in _reference(name).items()})
-    missing, unexpected = torch_model.load_state_dict(state, strict=False)
-    assert not unexpected and not [m for m in missing if not m.endswith(("rotary_emb.inv_freq", "lm_head.weight"))]
-    torch_model.tie_weights()
-    with torch.no_grad():
-        ref = torch_model(torch.from_numpy(IDS)).logits.float().numpy()
+    ref = conftest.dequantized_logits(FIXTURES / name, _reference(name), IDS,
+                                      keep=lambda k, v: v.is_floating_point() and not k.endswith((".scales", ".s")))
     assert np.abs(logits - ref).max() / np.abs(ref).max() < 1e-3
     assert np.array_equal(logits.argmax(-1), ref.argmax(-1))  # greedy continuations agree position by position
 

@@ -48,10 +48,6 @@ def test_detection_and_the_experts_equal_transformers_dequantization(gpt_oss):
 
 
 def test_export_keeps_the_codes_and_matches_the_dequantized_model(gpt_oss, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from optimum_wc import export_model
 
     path, reference = gpt_oss
@@ -67,15 +63,7 @@ def test_export_keeps_the_codes_and_matches_the_dequantized_model(gpt_oss, tmp_p
     records = json.loads((out / "compression_report.json").read_text())["prequantized"]["layers"]
     assert {r["mode"] for r in records} == {"mxfp4"}
 
-    config = AutoConfig.from_pretrained(path)
-    delattr(config, "quantization_config")
-    torch_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items() if v.is_floating_point()}
-    state.update({k: torch.from_numpy(v) for k, v in reference.items()})
-    missing, unexpected = torch_model.load_state_dict(state, strict=False)
-    assert not unexpected and not [m for m in missing if not m.endswith("inv_freq")], (missing, unexpected)
-    with torch.no_grad():
-        ref = torch_model(torch.from_numpy(IDS)).logits.float().numpy()
+    ref = conftest.dequantized_logits(path, reference, IDS)
     logits = conftest.run_logits(model, IDS, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
     assert np.abs(logits - ref).max() / np.abs(ref).max() < 1e-3
     assert np.array_equal(logits.argmax(-1), ref.argmax(-1))
