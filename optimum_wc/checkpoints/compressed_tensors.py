@@ -39,6 +39,7 @@ from ..errors import ExportError
 from ..quant.lowering import CompressedWeight
 from ..quant.minifloat import E4M3_VALUES
 from .layers import LayerWeights, QuantizedLinear, as_f16_scales, build_weight, group_order
+from .mxfp4 import e2m1_codes, mxfp4_weight
 from .settings import LayerGroup, PrequantizedFormat
 
 KINDS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape", "weight",
@@ -208,17 +209,11 @@ def _fp4_tensors(group: LayerGroup, n_out: int, n_in: int) -> dict:
 
 def _fp4_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray], n_in: int, n_out: int) -> LayerWeights:
     """E2M1 codes kept as f4e2m1, with the E4M3 scales and global scale (NVFP4) or E8M0 scales (MXFP4) as stored."""
-    packed = np.asarray(arrays["weight_packed"], dtype=np.uint8)
-    codes = np.empty((n_out, n_in), dtype=np.uint8)
-    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
     g = group.group_size
-    codes = codes.reshape(n_out, n_in // g, g)
+    codes = e2m1_codes(np.asarray(arrays["weight_packed"]).reshape(n_out, n_in // g, g // 2))
     stored = np.asarray(arrays["weight_scale"]).view(np.uint8).reshape(n_out, n_in // g, 1)
     if group.checkpoint_format.startswith("mxfp4"):
-        if np.any(stored == 255):
-            raise ExportError(f"{prefix}.weight_scale holds the E8M0 NaN code 255; the checkpoint is corrupt.")
-        scale = np.ldexp(np.float32(1.0), stored.astype(np.int32) - 127).astype(np.float32)
-        cw = CompressedWeight(codes, scale, None, CompressWeightsMode.MXFP4, g, (n_out, n_in))
+        cw = mxfp4_weight(codes, stored, f"{prefix}.weight_scale", (n_out, n_in))
         return LayerWeights(cw, None, "MXFP4 codes and E8M0 scales kept as f4e2m1 and f8e8m0 constants")
     if np.any((stored & 0x7F) == 0x7F):
         raise ExportError(f"{prefix}.weight_scale holds FP8 NaN codes; the checkpoint is corrupt: re-download it.")

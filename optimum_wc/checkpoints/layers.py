@@ -230,8 +230,6 @@ def convert_gptq_layer(
     """One GPTQ linear (tensors ``<prefix>.qweight/qzeros/scales/g_idx``) in exact integer form."""
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
     n_groups = group_count(in_features, fmt.group_size)
-    if fmt.checkpoint_format == "marlin":
-        return convert_marlin_layer(prefix, fmt, qweight, scales)
     if fmt.bits == 3:  # a bit stream along the input axis
         codes = np.ascontiguousarray(unpack_along_rows(qweight, 3).T)
     else:  # the packed words transposed (8x less data than the codes): then input values run along each row

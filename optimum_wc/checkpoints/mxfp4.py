@@ -18,8 +18,6 @@ and ``f8e8m0`` scales (NNCF's MXFP4 pattern), exact, on a weight laid out
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from ..config import CompressWeightsMode
@@ -75,16 +73,24 @@ def check_layer(param: str, found: dict[str, str], tensors: dict, expected: dict
     return QuantizedLinear(param, n_in, n_out, dict(found), param=param, experts=experts)
 
 
-def convert_layer(layer: QuantizedLinear, arrays: dict[str, np.ndarray],
-                  on_nan: Callable[[str], None] | None = None) -> LayerWeights:
-    """The codes and E8M0 scales as stored, on the weight ``[experts, out, in]``."""
-    e, n_out, n_in = layer.experts, layer.out_features, layer.in_features
-    blocks = np.asarray(arrays["blocks"], dtype=np.uint8)
-    codes = np.empty(blocks.shape[:-1] + (BLOCK,), dtype=np.uint8)
-    codes[..., 0::2], codes[..., 1::2] = blocks & 0x0F, blocks >> 4
-    stored = np.asarray(arrays["scales"], dtype=np.uint8)
+def e2m1_codes(packed: np.ndarray) -> np.ndarray:
+    """E2M1 codes (uint8) of bytes holding two each, element ``2 k`` in the LOW nibble: the last axis doubles."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    codes = np.empty(packed.shape[:-1] + (2 * packed.shape[-1],), dtype=np.uint8)
+    codes[..., 0::2], codes[..., 1::2] = packed & 0x0F, packed >> 4
+    return codes
+
+
+def mxfp4_weight(codes: np.ndarray, stored: np.ndarray, scales_name: str, shape: tuple[int, ...]) -> CompressedWeight:
+    """MXFP4 weight of E2M1 ``codes [..., G, 32]`` and E8M0 scale bytes ``stored [..., G, 1]`` (``2^(s - 127)``)."""
     if np.any(stored == 255):
-        raise ExportError(f"{layer.tensors['scales']} holds the E8M0 NaN code 255; the checkpoint is corrupt.")
-    scale = np.ldexp(np.float32(1.0), stored.astype(np.int32) - 127).astype(np.float32)[..., None]
-    cw = CompressedWeight(codes, scale, None, CompressWeightsMode.MXFP4, BLOCK, (e, n_out, n_in))
-    return LayerWeights(cw, None, f"MXFP4 experts kept as f4e2m1 codes and f8e8m0 scales ({e} experts)")
+        raise ExportError(f"{scales_name} holds the E8M0 NaN code 255; the checkpoint is corrupt.")
+    scale = np.ldexp(np.float32(1.0), stored.astype(np.int32) - 127).astype(np.float32)
+    return CompressedWeight(codes, scale, None, CompressWeightsMode.MXFP4, BLOCK, shape)
+
+
+def convert_layer(layer: QuantizedLinear, arrays: dict[str, np.ndarray]) -> LayerWeights:
+    """The codes and E8M0 scales as stored, on the weight ``[experts, out, in]``."""
+    stored = np.asarray(arrays["scales"], dtype=np.uint8)[..., None]
+    cw = mxfp4_weight(e2m1_codes(arrays["blocks"]), stored, layer.tensors["scales"], layer.ir_shape)
+    return LayerWeights(cw, None, f"MXFP4 experts kept as f4e2m1 codes and f8e8m0 scales ({layer.experts} experts)")

@@ -104,13 +104,11 @@ def placeholder_model(folder: Path, tensors: CheckpointTensors, dtype=None, trus
         if n in packed or (p.dim() >= 2 and p.is_floating_point() and p.numel() >= MIN_PLACEHOLDER_ELEMENTS
                            and not n.endswith("bias"))  # biases (MoE: [experts, out]) are folded into other constants
     }
-    names = sorted(placeholders)
+    names = sorted(n for n in placeholders if n not in swapped)
     state = dict(zip(names, placeholder_views([tuple(packed.get(n, params[n].shape)) for n in names], dtype)))
     # the experts in float32: the exporter casts the parameters of modules it has no 16-bit extension for to float32,
     # which would write a float32 copy of every (free, all-zero) placeholder
     relaid = dict(zip(swapped, placeholder_views([tuple(packed[n]) for n in swapped], torch.float32)))
-    for n in swapped:
-        del state[n]
     for name, p in params.items():
         if name not in state and name not in relaid:
             info = tensors.info[name]

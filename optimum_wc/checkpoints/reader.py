@@ -152,18 +152,19 @@ class PrequantizedCheckpoint:
 
     def _find_layers(self) -> list[QuantizedLinear]:
         prefixes: dict[str, dict[str, str]] = {}
+        headers = {n: (t.shape, t.dtype) for n, t in self.tensors.items()}
         if self.fmt.method == "compressed-tensors":
-            prefixes = ct.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
+            prefixes = ct.layer_tensors(headers)
 
             def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
                 return ct.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape)
         elif self.fmt.method == "mxfp4":
-            prefixes = mx.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
+            prefixes = mx.layer_tensors(headers)
 
             def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
                 return mx.check_layer(prefix, found, self.tensors, self.expected)
         elif self.fmt.method == "bitsandbytes":
-            prefixes = bnb.layer_tensors({n: (t.shape, t.dtype) for n, t in self.tensors.items()})
+            prefixes = bnb.layer_tensors(headers)
 
             def check(prefix: str, found: dict[str, str]) -> QuantizedLinear:
                 return bnb.check_layer(prefix, found, self.fmt, self.tensors, self._linear_shape, self.read)
