@@ -1,6 +1,7 @@
 """Memory and time of exporting an MXFP4 gpt-oss checkpoint with gpt-oss-20b's shapes, keeping its experts' codes.
 
-    .venv/bin/python -m benchmarks.prequantized_moe [--work DIR] [--layers N] [--keep]
+    .venv/bin/python -m benchmarks.prequantized_moe [--work DIR] [--layers N] [--keep] [--experts i8|f4e2m1]
+        [--generate N]
 
 Writes a random-weight checkpoint in the published gpt-oss layout (experts as
 ``*_blocks`` / ``*_scales`` MXFP4, everything else bfloat16; ``config.json``
@@ -8,8 +9,13 @@ with ``quantization_config: {"quant_method": "mxfp4"}``) with the shapes of
 openai/gpt-oss-20b (24 layers, 32 experts of 2880 x 2880, vocab 201088; 21B
 parameters, 12.8 GiB), then runs ``optimum-wc export CKPT OUT`` in a fresh
 process under the large-model sampler (peak anonymous memory and resident
-memory of the process tree, wall time, extra disk).  Random weights: memory
-and time only.  Prints one JSON line; the benchmark must run alone.
+memory of the process tree, wall time, extra disk).  ``--experts`` picks the
+IR form of the experts (``--mxfp4-experts``); ``--generate N`` then loads
+the IR in another sampled process (``optimum_wc.OVModelForCausalLM``, CPU,
+f32 activations as the plugin chooses) and generates N tokens greedily after
+a 32-token prompt: the run-time peak memory and the time per new token.
+Random weights: memory and time only.  Prints one JSON line; the benchmark
+must run alone.
 
 No NNCF side: optimum-intel loads an MXFP4 checkpoint through transformers,
 which on a CPU dequantizes the experts to bfloat16 (about 38 GiB for this
@@ -116,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "moe")
     ap.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint")
+    ap.add_argument("--experts", choices=["i8", "f4e2m1"], default=None, help="--mxfp4-experts of the export")
+    ap.add_argument("--generate", type=int, default=0, metavar="N", help="then generate N tokens from the IR")
+    ap.add_argument("--infer", type=Path, default=None, help=argparse.SUPPRESS)  # the sampled generation process
     args = ap.parse_args(argv)
+    if args.infer is not None:
+        return infer(args.infer, args.generate)
     work = args.work.resolve()
     ckpt, out = work / "ckpt-gpt-oss-20b-mxfp4", work / "out"
     if not (args.keep and (ckpt / "config.json").is_file()):
@@ -124,20 +135,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint: {write_checkpoint(ckpt, args.layers) / 2**30:.2f} GiB", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     argv_ = [str(Path(sys.executable).parent / "optimum-wc"), "export", str(ckpt), str(out)]
+    argv_ += ["--mxfp4-experts", args.experts] if args.experts else []
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     m = run_sampled(argv_, out, work / "export.log", cwd=ROOT, env=env)
-    result = {"model": "gpt-oss-20b (shapes)", "layers": args.layers, **m.as_dict(),
-              "checkpoint_gib": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 2**30, 2)}
+    result = {"model": "gpt-oss-20b (shapes)", "layers": args.layers, "experts": args.experts or "default",
+              **m.as_dict(), "checkpoint_gib": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 2**30, 2)}
     report = out / "compression_report.json"
     if report.is_file():
         data = json.loads(report.read_text())
         result["timings"] = data.get("timings")
         result["modes"] = sorted({r["mode"] for r in data.get("prequantized", {}).get("layers", [])})
+    if args.generate and m.exit_code == 0:
+        timing = work / "generate.json"
+        timing.unlink(missing_ok=True)
+        g = run_sampled([sys.executable, "-m", "benchmarks.prequantized_moe", "--infer", str(out),
+                         "--generate", str(args.generate)], work / "none", work / "generate.log", cwd=ROOT, env=env)
+        result["generate"] = {**g.as_dict(), **(json.loads(timing.read_text()) if timing.is_file() else {})}
     print(json.dumps(result), flush=True)
     shutil.rmtree(out, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(ckpt, ignore_errors=True)
     return 0 if m.exit_code == 0 else 1
+
+
+def infer(folder: Path, tokens: int) -> int:
+    """Load the IR in ``folder`` and generate ``tokens`` tokens greedily; times go to ``generate.json`` beside it."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from optimum_wc import OVModelForCausalLM
+
+    start = time.perf_counter()
+    model = OVModelForCausalLM.from_pretrained(folder)
+    loaded = time.perf_counter()
+    ids = torch.from_numpy(np.random.default_rng(0).integers(3, 50000, size=(1, 32)))
+    warm = model.generate(ids, max_new_tokens=1, do_sample=False)  # the first inference sets the kernels up
+    warmed = time.perf_counter()
+    first = model.generate(ids, max_new_tokens=1, do_sample=False)  # the prompt and one token
+    prompt = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=tokens, do_sample=False)
+    done = time.perf_counter()
+    (folder.parent / "generate.json").write_text(json.dumps({
+        "load_s": round(loaded - start, 1), "first_inference_s": round(warmed - loaded, 1),
+        "prompt_and_token_s": round(prompt - warmed, 2),
+        "s_per_new_token": round((done - prompt - (prompt - warmed)) / max(tokens - 1, 1), 3),
+        "new_tokens": int(out.shape[1] - ids.shape[1]),
+        "deterministic": bool(torch.equal(out[:, : first.shape[1]], first) and torch.equal(first, warm))}))
+    return 0
 
 
 if __name__ == "__main__":

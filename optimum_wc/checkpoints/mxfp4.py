@@ -10,30 +10,65 @@ Layout, after transformers' ``integrations/mxfp4.py`` (``Mxfp4GptOssExperts``,
 * ``P_scales`` uint8 ``[experts, out, in / 32]``: E8M0, the block's scale is
   ``2^(s - 127)``.
 
-``P[e][i, o] = E2M1[code] * 2^(s - 127)``: kept in the IR as ``f4e2m1`` codes
-and ``f8e8m0`` scales (NNCF's MXFP4 pattern), exact, on a weight laid out
-``[experts, out, in]`` (the exporter is given the experts that way, see
-:mod:`optimum_wc.checkpoints.placeholders`).
+``P[e][i, o] = E2M1[code] * 2^(s - 127)``, on a weight laid out
+``[experts, out, in]`` in the IR (the exporter is given the experts that way,
+see :mod:`optimum_wc.checkpoints.placeholders`).  Two exact forms
+(:data:`EXPERTS_AS`), both read by the CPU plugin's MoE kernel
+(``GatherMatmul``) as the experts' values, bit for bit:
+
+* ``"i8"`` (default): twice every E2M1 value is an integer (0, +-1, 2, 3, 4,
+  6, 8, 12), so the codes become ``i8`` levels ``2 E2M1[code]`` and the scales
+  ``2^(s - 128)``, still E8M0 (8.25 bits per weight).  OpenVINO 2026.4's
+  ``GatherMatmul`` takes integer experts compressed, so they run at this size.
+* ``"f4e2m1"``: the codes and scales as stored (NNCF's MXFP4 pattern, 4.25
+  bits per weight).  OpenVINO 2026.4's ``GatherMatmul`` takes no f4e2m1
+  weights: the CPU plugin decompresses them and holds the float experts
+  (gpt-oss-20b does not run in 24 GiB).  OpenVINO's development branch lists
+  f4e2m1 among ``GatherMatmul``'s weight types; choose this form for an
+  OpenVINO that runs it, or for another device.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..config import CompressWeightsMode
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 from ..quant.lowering import CompressedWeight
 from .layers import LayerWeights, QuantizedLinear
 from .settings import PrequantizedFormat
 
 BLOCK = 32
+EXPERTS_AS = ("i8", "f4e2m1")
+# twice the E2M1 value of each code (sign bit 3): integers
+_DOUBLED = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
+# a byte of two codes -> its two levels as one 16-bit word (element 2 k, the low nibble, in the first byte)
+_DOUBLED_PAIRS = np.stack([_DOUBLED[np.arange(256) & 0x0F], _DOUBLED[np.arange(256) >> 4]], axis=-1).view("<u2")[:, 0]
 
 
 def mxfp4_format(settings: dict, source: str) -> PrequantizedFormat:
     """transformers' ``Mxfp4Config`` as saved in ``config.json``."""
     skip = settings.get("modules_to_not_convert") or []
     return PrequantizedFormat(method="mxfp4", bits=4, group_size=BLOCK, sym=True, desc_act=False,
-                              checkpoint_format="mxfp4-blocks", source=source, ignore=tuple(str(s) for s in skip))
+                              checkpoint_format="mxfp4-blocks", source=source, ignore=tuple(str(s) for s in skip),
+                              experts_as=EXPERTS_AS[0])
+
+
+def with_experts_as(fmt: PrequantizedFormat, experts_as: str | None) -> PrequantizedFormat:
+    """``fmt`` with its MXFP4 experts in the IR form ``experts_as`` (None: unchanged; other formats: unchanged)."""
+    if experts_as is None:
+        return fmt
+    check_experts_as(experts_as)
+    return replace(fmt, experts_as=experts_as) if fmt.method == "mxfp4" else fmt
+
+
+def check_experts_as(experts_as: str | None) -> None:
+    """A requested form of MXFP4 experts is one of :data:`EXPERTS_AS` (None: the default)."""
+    if experts_as is not None and experts_as not in EXPERTS_AS:
+        raise ConfigError(f"mxfp4_experts={experts_as!r} is not a form of MXFP4 experts; use one of "
+                          f"{', '.join(map(repr, EXPERTS_AS))}.")
 
 
 def layer_tensors(tensors: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict[str, str]]:
@@ -89,8 +124,39 @@ def mxfp4_weight(codes: np.ndarray, stored: np.ndarray, scales_name: str, shape:
     return CompressedWeight(codes, scale, None, CompressWeightsMode.MXFP4, BLOCK, shape)
 
 
-def convert_layer(layer: QuantizedLinear, arrays: dict[str, np.ndarray]) -> LayerWeights:
-    """The codes and E8M0 scales as stored, on the weight ``[experts, out, in]``."""
-    stored = np.asarray(arrays["scales"], dtype=np.uint8)[..., None]
-    cw = mxfp4_weight(e2m1_codes(arrays["blocks"]), stored, layer.tensors["scales"], layer.ir_shape)
-    return LayerWeights(cw, None, f"MXFP4 experts kept as f4e2m1 codes and f8e8m0 scales ({layer.experts} experts)")
+def doubled_levels(packed: np.ndarray) -> np.ndarray:
+    """``2 E2M1[code]`` (int8, exact: every E2M1 value is a multiple of 1/2) of bytes holding two codes each,
+    element ``2 k`` in the low nibble: the last axis doubles, as in :func:`e2m1_codes`."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    return _DOUBLED_PAIRS[packed].view(np.int8).reshape(packed.shape[:-1] + (2 * packed.shape[-1],))
+
+
+def i8_weight(levels: np.ndarray, stored: np.ndarray, scales_name: str, shape: tuple[int, ...]) -> CompressedWeight:
+    """The MXFP4 weight as i8 ``levels`` (``2 E2M1[code]``) with E8M0 scales ``2^(s - 128)``: the same values.
+
+    A block stored with the smallest scale (``s = 0``) and a nonzero code has
+    no such form (E8M0 stops at ``2^-127``): that is an error, not a rounding.
+    """
+    if np.any(stored == 255):
+        raise ExportError(f"{scales_name} holds the E8M0 NaN code 255; the checkpoint is corrupt.")
+    at_smallest = stored[..., 0] == 0
+    smallest = at_smallest.copy()
+    if np.any(at_smallest):
+        smallest[at_smallest] = np.any(levels[at_smallest] != 0, axis=-1)
+    if np.any(smallest):
+        raise ExportError(f"{scales_name}: {int(smallest.sum())} blocks have the scale 2^-127 and a nonzero value, "
+                          "which have no exact i8 form; export with mxfp4_experts='f4e2m1'.")
+    scale = np.ldexp(np.float32(1.0), np.maximum(stored.astype(np.int32), 1) - 128).astype(np.float32)
+    return CompressedWeight(levels, scale, None, CompressWeightsMode.INT8_SYM, BLOCK, shape,
+                            scale_type="f8e8m0")
+
+
+def convert_layer(layer: QuantizedLinear, arrays: dict[str, np.ndarray], experts_as: str = "i8") -> LayerWeights:
+    """The experts ``[experts, out, in]`` in the IR form ``experts_as`` (see the module's docstring): exact."""
+    stored, name = np.asarray(arrays["scales"], dtype=np.uint8)[..., None], layer.tensors["scales"]
+    if experts_as == "f4e2m1":
+        cw = mxfp4_weight(e2m1_codes(arrays["blocks"]), stored, name, layer.ir_shape)
+        return LayerWeights(cw, None, f"MXFP4 experts kept as f4e2m1 codes and f8e8m0 scales ({layer.experts} experts)")
+    cw = i8_weight(doubled_levels(arrays["blocks"]), stored, name, layer.ir_shape)
+    return LayerWeights(cw, None, f"MXFP4 experts kept as i8 levels (twice the E2M1 values) and f8e8m0 scales "
+                                  f"({layer.experts} experts)")

@@ -298,7 +298,7 @@ class PrequantizedCheckpoint:
         if self.fmt.method == "bitsandbytes":
             lw = bnb.convert_layer(layer, t)
         elif self.fmt.method == "mxfp4":
-            lw = mx.convert_layer(layer, t)
+            lw = mx.convert_layer(layer, t, self.fmt.experts_as or mx.EXPERTS_AS[0])
         elif layer.group is not None:
             lw = ct.convert_layer(layer.prefix, layer.group, t, layer.in_features, layer.out_features)
         elif (layer.fmt or self.fmt).checkpoint_format in ("marlin", "awq_marlin"):

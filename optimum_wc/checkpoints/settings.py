@@ -57,6 +57,7 @@ class PrequantizedFormat:
     ignore: tuple[str, ...] = ()  # compressed-tensors: layers left float
     overrides: tuple[LayerOverride, ...] = ()  # per-layer settings; module names first, then regexes in order
     producer: str = ""  # the tool named by the config when it is not the layout's ("auto-round")
+    experts_as: str = ""  # MXFP4 MoE experts: the IR's codes, "i8" or "f4e2m1" (see checkpoints.mxfp4)
 
     def for_layer(self, prefix: str) -> PrequantizedFormat | None:
         """The settings of layer ``prefix`` after its first matching override; None when an override skips it."""

@@ -98,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
         _quiet_third_party(console.progress)
     start = time.perf_counter()
     export_folder(model, output, config, task=task, trust_remote_code=args.trust_remote_code,
-                  progress=console.progress)
+                  progress=console.progress, mxfp4_experts=args.mxfp4_experts)
     console.say(f"Done in {time.perf_counter() - start:.1f} s")
     return _print_summary(output, console)
 

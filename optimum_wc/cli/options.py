@@ -104,6 +104,9 @@ def add_export_options(parser: argparse.ArgumentParser, *, optimum_cli: bool = F
     g.add_argument("--task", default="auto",
                    help="text-generation-with-past (default: inferred, also for a local folder) or text-generation")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's custom modelling code")
+    g.add_argument("--mxfp4-experts", choices=["i8", "f4e2m1"], default=None, type=str.lower,
+                   help="gpt-oss MXFP4 experts in the IR, both exact: i8 (default; OpenVINO 2026.4 runs them "
+                        "compressed) or f4e2m1 (as stored, half the size; OpenVINO 2026.4 decompresses them)")
     add_compression_options(parser)
     add_output_options(parser)
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from ..calibration.samples import load_tokenizer
 from ..checkpoints.formats import PrequantizedFormat, detect_prequantized
+from ..checkpoints.mxfp4 import check_experts_as, with_experts_as
 from ..config import WeightCompressionConfig
 from ..engine import compress_model
 from ..engine.streaming import compress_to_ir
@@ -54,15 +55,17 @@ def export_ir(
     trust_remote_code: bool = False,
     *,
     float_export: Callable[[], Any] | None = None,
+    mxfp4_experts: str | None = None,
 ) -> PrequantizedFormat | None:
     """Export the checkpoint ``model_id`` to IR files in ``output``, uncompressed; return its pre-quantized format.
 
     A local GPTQ/AWQ checkpoint keeps its integer weights exactly; any other
     model is exported float by ``float_export()`` (default: optimum-intel's
     exporter through :func:`export_float_ir`; the optimum-intel hook passes
-    the call it intercepted).
+    the call it intercepted).  ``mxfp4_experts``: the IR form of MXFP4 MoE
+    experts (:data:`optimum_wc.checkpoints.mxfp4.EXPERTS_AS`; None: ``"i8"``).
     """
-    fmt = detect_prequantized(model_id)
+    fmt = prequantized_format(model_id, mxfp4_experts)
     if fmt is not None:
         export_prequantized_ir(model_id, Path(output), fmt, task, trust_remote_code)
     elif float_export is not None:
@@ -70,6 +73,12 @@ def export_ir(
     else:
         export_float_ir(model_id, Path(output), task, trust_remote_code)
     return fmt
+
+
+def prequantized_format(model_id: str | os.PathLike, mxfp4_experts: str | None = None) -> PrequantizedFormat | None:
+    """The pre-quantized format of ``model_id`` (None: a float model), with the chosen form of MXFP4 experts."""
+    fmt = detect_prequantized(model_id)
+    return None if fmt is None else with_experts_as(fmt, mxfp4_experts)
 
 
 def calibration_tokenizer(config: WeightCompressionConfig, folder: Path, required: bool = True):
@@ -82,7 +91,7 @@ def calibration_tokenizer(config: WeightCompressionConfig, folder: Path, require
 
 
 def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None, trust_remote_code: bool = False,
-                *, defer: bool = False) -> tuple[Any, Any, Any]:
+                *, defer: bool = False, mxfp4_experts: str | None = None) -> tuple[Any, Any, Any]:
     """The ``openvino.Model`` of ``model_id``, what its weights are read from, and its deferred layers.
 
     A local safetensors checkpoint is streamed (:mod:`optimum_wc.export.streaming`:
@@ -99,7 +108,7 @@ def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None
     import openvino as ov
 
     work.mkdir(parents=True, exist_ok=True)
-    fmt = detect_prequantized(model_id)
+    fmt = prequantized_format(model_id, mxfp4_experts)
     if fmt is None:
         streamed = try_export_float_model(model_id, work, task, trust_remote_code)
         if streamed is not None:
@@ -167,25 +176,30 @@ def export_folder(
     task: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = False,
+    mxfp4_experts: str | None = None,
 ) -> Path:
     """Export ``model_id`` to ``output_dir`` as OpenVINO IR compressed by our engine (``config=None``: kept float).
 
     Returns the output folder, which holds the IR, the exporter's config and
     tokenizer files, ``compression_report.json`` and ``optimum_wc_config.json``.
     Peak memory and bytes read/written go to the report's ``resources``.
+    ``mxfp4_experts``: the IR form of MXFP4 MoE experts (``"i8"``, the
+    default, or ``"f4e2m1"``, see :mod:`optimum_wc.checkpoints.mxfp4`).
     """
     wc_config = None if config is None else WeightCompressionConfig.coerce(config)
+    check_experts_as(mxfp4_experts)
     check_model_source(model_id, trust_remote_code)
     target = Path(output_dir)
     with staging_dir(target) as tmp:
         export_into(model_id, tmp / "out", wc_config, tmp / "float", task=task, trust_remote_code=trust_remote_code,
-                    progress=progress)
+                    progress=progress, mxfp4_experts=mxfp4_experts)
         move_into_place(tmp / "out", target)
     return target
 
 
 def export_into(model_id: str | os.PathLike, out_dir: Path, config: WeightCompressionConfig | None, work: Path, *,
-                task: str | None = None, trust_remote_code: bool = False, progress: bool = False) -> dict:
+                task: str | None = None, trust_remote_code: bool = False, progress: bool = False,
+                mxfp4_experts: str | None = None) -> dict:
     """The body of :func:`export_folder`: export, compress and save into ``out_dir`` (``work``: scratch, removed).
 
     Also what ``from_pretrained(..., export=True, quantization_config=WeightCompressionConfig(...))`` runs
@@ -196,7 +210,8 @@ def export_into(model_id: str | os.PathLike, out_dir: Path, config: WeightCompre
         stages.start("export")
         start = time.perf_counter()
         streams = config is not None and not config.needs_data  # then the integer layers are made while writing
-        model, source, deferred = float_model(model_id, work, task, trust_remote_code, defer=streams)
+        model, source, deferred = float_model(model_id, work, task, trust_remote_code, defer=streams,
+                                              mxfp4_experts=mxfp4_experts)
         logger.info("Exported the float model in %.1f s.", time.perf_counter() - start)
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = calibration_tokenizer(config, work) if config is not None else None

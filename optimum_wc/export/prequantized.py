@@ -125,7 +125,7 @@ class DeferredLayers:
                                  f"{'out' if cw.zero_point is None else ''} zero points; report this to optimum-wc.")
             if lw.permutation is not None:
                 gather_matmul_inputs(site, lw.permutation)
-            layouts.append((layer, site, cw.mode, cw.codes.shape, cw.scale.shape, cw.group_size))
+            layouts.append((layer, site, cw.format, cw.codes.shape, cw.scale.shape, cw.group_size))
             self._site_names[id(layer)] = site.name
             records.append(_record(layer, lw))
             del lw, cw

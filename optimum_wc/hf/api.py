@@ -18,17 +18,21 @@ def export_model(
     trust_remote_code: bool = False,
     load: bool = True,
     progress: bool = False,
+    mxfp4_experts: str | None = None,
 ):
     """Export ``model_id`` to ``output_dir`` as OpenVINO IR compressed by our engine.
 
     ``config=None`` keeps the weights float.  Returns the loaded
     :class:`~optimum_wc.hf.modeling.OVModelForCausalLM` (or None with ``load=False``).
     ``compression_report.json`` is written beside the model; ``progress``
-    shows progress bars (steps and layers).  See
+    shows progress bars (steps and layers).  ``mxfp4_experts``: the IR form
+    of a gpt-oss checkpoint's MXFP4 experts, ``"i8"`` (default: run
+    compressed by OpenVINO 2026.4's CPU plugin) or ``"f4e2m1"`` (as stored,
+    half the size; see :mod:`optimum_wc.checkpoints.mxfp4`).  See
     :func:`optimum_wc.export.pipeline.export_folder`.
     """
     target = export_folder(model_id, output_dir, config, task=task, trust_remote_code=trust_remote_code,
-                           progress=progress)
+                           progress=progress, mxfp4_experts=mxfp4_experts)
     if not load:
         return None
     from .modeling import OVModelForCausalLM

@@ -125,14 +125,14 @@ def constant_arrays(cw: CompressedWeight, name: str) -> dict[str, tuple[np.ndarr
                    global_scale, cw.codebook)
 
 
-def placeholder_arrays(mode: CompressWeightsMode, codes_shape: tuple[int, ...], scale_shape: tuple[int, ...],
+def placeholder_arrays(mode: CompressWeightsMode | WeightFormat, codes_shape: tuple[int, ...], scale_shape: tuple[int, ...],
                        name: str, zeros: np.ndarray, codebook: np.ndarray | None = None
                        ) -> dict[str, tuple[np.ndarray, Any, tuple[int, ...]]]:
     """Arrays of :func:`constant_arrays`' layout for a weight not yet compressed: views of the buffer ``zeros``.
 
     The look-up table and the scalar zero point do not depend on the weight: they are real already.
     """
-    fmt = format_of(mode, codebook)
+    fmt = mode if isinstance(mode, WeightFormat) else format_of(mode, codebook)
     count = lambda shape: int(np.prod(shape))  # noqa: E731
     codes = zeros[: packed_size(count(codes_shape), fmt.code_bits)]
     zero_point = zeros[: packed_size(count(scale_shape), fmt.code_bits)]
@@ -182,7 +182,7 @@ def subgraph_from_arrays(arrays: dict, group_size: int, original_shape: tuple[in
 def place_placeholders(items: list[tuple]) -> tuple[dict[str, Any], np.ndarray]:
     """Swap each site's float constant for its decompression subgraph over *placeholder* constants.
 
-    ``items``: ``(owner, site, mode, codes shape, scale shape, group size[, codebook])``.
+    ``items``: ``(owner, site, mode or format, codes shape, scale shape, group size[, codebook])``.
     The placeholders are views of one zero buffer, so the graph gets its final
     structure before any codes exist; whoever owns a constant writes its real
     bytes later.  Returns ``{constant name: owner}`` and the buffer (keep it

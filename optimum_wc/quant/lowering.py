@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -75,11 +75,13 @@ class CompressedWeight:
     packed_shape: tuple[int, ...] = ()  # the shape of the codes that ``packed`` holds
     global_scale: np.ndarray | None = None  # NVFP4: the float32 scale of the group scales (keepdims)
     codebook: np.ndarray | None = None  # codebook modes: the float32 look-up table the codes index
+    scale_type: str | None = None  # the scales' element type when not the mode's (pre-quantized codes kept exactly)
 
     @property
     def format(self):
         """The :class:`~optimum_wc.quant.formats.WeightFormat` of the codes."""
-        return format_of(self.mode, self.codebook)
+        fmt = format_of(self.mode, self.codebook)
+        return fmt if self.scale_type is None else replace(fmt, scale_type=self.scale_type)
 
     @property
     def relative_error(self) -> float:
