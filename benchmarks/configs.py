@@ -43,6 +43,7 @@ class BenchConfig:
     subset_size: int = 128  # calibration samples, for data-aware configs
     codebook: tuple[float, ...] | None = None  # mode "codebook" only
     data: bool = False  # give the dataset even without a data-aware algorithm (adaptive codebook)
+    ours_options: tuple[tuple[str, Any], ...] = ()  # options NNCF lacks, (name, value): NNCF runs without them
 
     @property
     def is_int8(self) -> bool:
@@ -63,7 +64,7 @@ class BenchConfig:
             parts += [f"group {self.group_size if self.group_size is not None else 'default'}", f"ratio {self.ratio}"]
             if self.all_layers:
                 parts.append("all layers")
-        parts += list(self.data_aware)
+        parts += list(self.data_aware) + [f"{k}={v} (ours only)" for k, v in self.ours_options]
         if self.sensitivity_metric:
             parts.append(self.sensitivity_metric)
         return ", ".join(parts)
@@ -77,6 +78,7 @@ class BenchConfig:
             kwargs.update(group_size=self.group_size, ratio=self.ratio, all_layers=self.all_layers)
         for option in self.data_aware:
             kwargs[option] = True
+        kwargs.update(self.ours_options)
         if self.sensitivity_metric:
             kwargs["sensitivity_metric"] = self.sensitivity_metric
         if self.codebook is not None:
@@ -153,6 +155,16 @@ DATA_AWARE_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int4_asym_g128_gptq", "int4_asym", group_size=128, data_aware=("gptq",)),
     BenchConfig("int4_asym_g128_gptq_se", "int4_asym", group_size=128, data_aware=("gptq", "scale_estimation")),
     BenchConfig("int4_asym_g128_lora", "int4_asym", group_size=128, data_aware=("lora_correction",)),
+    # issue 15: GPTQ with act-order (static groups); NNCF's side is its GPTQ without it
+    BenchConfig("int4_asym_g128_gptq_ao", "int4_asym", group_size=128, data_aware=("gptq",),
+                ours_options=(("gptq_act_order", True),)),
+    BenchConfig("int4_asym_g128_gptq_se_ao", "int4_asym", group_size=128, data_aware=("gptq", "scale_estimation"),
+                ours_options=(("gptq_act_order", True),)),
+    BenchConfig("int4_asym_g128_gptq_se_ao_r3", "int4_asym", group_size=128, data_aware=("gptq", "scale_estimation"),
+                ours_options=(("gptq_act_order", True), ("gptq_refine_rounds", 3))),
+    BenchConfig("int4_asym_g128_awq_gptq_se", "int4_asym", group_size=128, data_aware=("awq", "gptq", "scale_estimation")),
+    BenchConfig("int4_asym_g128_awq_gptq_se_ao", "int4_asym", group_size=128,
+                data_aware=("awq", "gptq", "scale_estimation"), ours_options=(("gptq_act_order", True),)),
     BenchConfig("nf4_g128_awq_se", "nf4", group_size=128, data_aware=("awq", "scale_estimation")),
     BenchConfig("cb4_awq_se", "cb4", data_aware=("awq", "scale_estimation")),
     BenchConfig("adaptive_codebook", "adaptive_codebook", data=True),

@@ -79,6 +79,10 @@ def add_compression_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--awq", action="store_true", default=None, help="activation-aware weight quantization (needs --dataset)")
     g.add_argument("--scale-estimation", action="store_true", default=None, help="scale estimation (needs --dataset)")
     g.add_argument("--gptq", action="store_true", default=None, help="GPTQ (needs --dataset)")
+    g.add_argument("--gptq-act-order", action="store_true", default=None,
+                   help="GPTQ quantizes the most activated input channels first (static groups; not in NNCF)")
+    g.add_argument("--gptq-refine-rounds", type=int, default=None, metavar="N",
+                   help="after GPTQ, N rounds of code and scale refinement on its layer objective (not in NNCF)")
     g.add_argument("--lora-correction", action="store_true", default=None, help="LoRA correction (needs --dataset)")
     g.add_argument("--lora-rank", type=int, default=None, help="rank of the LoRA correction adapters (default 8)")
     g.add_argument("--sample-length", type=int, default=None, help="tokens per calibration sample (default 128)")
@@ -157,7 +161,8 @@ _COMPRESSION_FLAGS = {
     "sym": "--sym", "codebook": "--codebook", "group_size": "--group-size", "group_size_fallback": "--group-size-fallback", "ratio": "--ratio",
     "backup_precision": "--backup-precision", "all_layers": "--all-layers", "sensitivity_metric": "--sensitivity-metric",
     "dataset": "--dataset", "num_samples": "--num-samples", "awq": "--awq", "scale_estimation": "--scale-estimation",
-    "gptq": "--gptq", "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
+    "gptq": "--gptq", "gptq_act_order": "--gptq-act-order",
+    "gptq_refine_rounds": "--gptq-refine-rounds", "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
     "sample_length": "--sample-length", "ignored_scope": "--ignored-scope",
 }
 
@@ -182,7 +187,9 @@ def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None
     for name, key in (("group_size", "group_size"), ("ratio", "ratio"), ("backup_precision", "backup_mode"),
                       ("all_layers", "all_layers"), ("sensitivity_metric", "sensitivity_metric"),
                       ("group_size_fallback", "group_size_fallback"), ("awq", "awq"),
-                      ("scale_estimation", "scale_estimation"), ("gptq", "gptq"), ("lora_correction", "lora_correction"),
+                      ("scale_estimation", "scale_estimation"), ("gptq", "gptq"), ("gptq_act_order", "gptq_act_order"),
+                      ("gptq_refine_rounds", "gptq_refine_rounds"),
+                      ("lora_correction", "lora_correction"),
                       ("num_samples", "subset_size"), ("dataset", "dataset"), ("lora_rank", "lora_rank"),
                       ("sample_length", "sample_length")):
         value = getattr(args, name, None)

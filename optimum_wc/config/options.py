@@ -19,6 +19,9 @@ from .choices import (
     SensitivityMetric,
 )
 
+_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds")
+
+
 @dataclass(frozen=True)
 class WeightCompressionConfig:
     """Weight compression options, with NNCF ``compress_weights`` defaults.
@@ -30,7 +33,12 @@ class WeightCompressionConfig:
     embeddings and the last MatMul with ``all_layers``) that get the primary
     mode; the rest get the backup mode.  ``codebook``: the sorted look-up
     table of ``mode="codebook"`` (required there), or the starting table of
-    ``adaptive_codebook``.
+    ``adaptive_codebook``.  ``gptq_act_order``: GPTQ quantizes the input
+    channels most activated first, with static groups (not in NNCF; see
+    :func:`optimum_wc.quant.gptq.gptq_quantize_layers`).  ``gptq_refine_rounds``:
+    after GPTQ, rounds of coordinate descent on the codes then a least-squares
+    refit of the scales, on GPTQ's own layer objective, which neither can
+    raise (integer modes; :mod:`optimum_wc.quant.refinement`; not in NNCF).
     """
 
     mode: CompressWeightsMode = CompressWeightsMode.INT8_ASYM
@@ -50,6 +58,8 @@ class WeightCompressionConfig:
     sample_length: int = 128
     lora_rank: int = 8
     codebook: tuple[float, ...] | None = None
+    gptq_act_order: bool = False
+    gptq_refine_rounds: int = 0
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -132,6 +142,8 @@ class WeightCompressionConfig:
                 value = list(value)
             elif f.name == "dataset" and not isinstance(value, (str, type(None))):
                 value = str(value) if isinstance(value, Path) else None
+            elif f.name in _OMITTED_WHEN_OFF and not value:
+                continue  # options added later: off, they leave the config (and the IR's rt_info) as it was
             out[f.name] = value
         return out
 
@@ -267,6 +279,19 @@ def _check_format_options(c: WeightCompressionConfig) -> None:
 def _check_data_options(c: WeightCompressionConfig) -> None:
     if c.gptq and c.lora_correction:
         raise ConfigError("gptq=True and lora_correction=True cannot be combined; set one of them to False.")
+    if not isinstance(c.gptq_act_order, bool):
+        raise ConfigError(f"gptq_act_order={c.gptq_act_order!r} must be True or False.")
+    if c.gptq_act_order and not c.gptq:
+        raise ConfigError("gptq_act_order=True orders GPTQ's columns, but gptq=False; set gptq=True as well.")
+    rounds = c.gptq_refine_rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ConfigError(f"gptq_refine_rounds={rounds!r} must be an integer >= 0 (rounds of refinement after GPTQ), "
+                          "e.g. 3.")
+    if rounds and not c.gptq:
+        raise ConfigError(f"gptq_refine_rounds={rounds} refines GPTQ's result, but gptq=False; set gptq=True as well.")
+    if rounds and not c.mode.is_integer:
+        raise ConfigError(f"gptq_refine_rounds={rounds} moves integer codes; mode={c.mode.value} is not an integer "
+                          "mode: set gptq_refine_rounds=0.")
     if c.dataset is not None:
         return
     for name in DATA_AWARE_ALGORITHMS:

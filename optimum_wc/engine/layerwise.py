@@ -60,7 +60,8 @@ def compress_layerwise(
     for j, batch in enumerate(passes):
         hessians = layerwise.collect(j)
         for key in batch:
-            input_data = StepData(data.stats, hessians[key].hessian, data.lora_rank)  # shared by the layers of this input
+            # shared by the layers of this input
+            input_data = StepData(data.stats, hessians[key].hessian, data.lora_rank, data.act_order, data.refine_rounds)
             for members in same_grid(groups[key]):
                 outputs = step.run([prepare(p) for p in members], input_data)
                 for p, out in zip(members, outputs):

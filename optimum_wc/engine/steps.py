@@ -62,6 +62,8 @@ class StepData:
     stats: Mapping[str, ActivationStats] | None = None
     hessian: np.ndarray | None = None  # H = 2 X^T X / N, layer-wise steps only
     lora_rank: int = 8
+    act_order: bool = False  # GPTQ's column order (WeightCompressionConfig.gptq_act_order)
+    refine_rounds: int = 0  # WeightCompressionConfig.gptq_refine_rounds
 
     @functools.cached_property
     def whitening(self) -> np.ndarray:
@@ -134,7 +136,8 @@ def _gptq(scale_estimation: bool) -> Callable[[Sequence[LayerInput], StepData], 
         first = layers[0].plan
         cws = gptq_quantize_layers([x.weight for x in layers], [x.plan.site.reduction_axis for x in layers],
                                    data.hessian, first.mode, first.group_size, scale_estimation=scale_estimation,
-                                   codebook=first.codebook)
+                                   codebook=first.codebook, act_order=data.act_order,
+                                   refine_rounds=data.refine_rounds if first.mode.is_integer else 0)
         return [LayerOutput(cw) for cw in cws]
 
     return run

@@ -45,14 +45,11 @@ from ..config import CompressWeightsMode
 from .float_lowering import group_scale
 from .formats import format_of
 from .lowering import CompressedWeight, codes_of_levels, levels, quantization_params, round_to_levels
+from .refinement import f16_rounded, refine_codes_and_scales, refit_scales
 
 PERCDAMP = 0.01
 BLOCK_SIZE = 128
 SUB_BLOCK = 32  # columns whose rank-1 updates are applied one by one; the rest of a block gets them as one product
-
-
-def _f16(v: np.ndarray) -> np.ndarray:
-    return np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 def group_params(w: np.ndarray, mode: CompressWeightsMode, codebook: np.ndarray | None = None
@@ -60,9 +57,9 @@ def group_params(w: np.ndarray, mode: CompressWeightsMode, codebook: np.ndarray 
     """RTN scale (rounded to f16) and zero point of each row of ``w [out, k]``: shapes [out], [out] or None."""
     if not mode.is_integer:
         fmt = format_of(mode, codebook)
-        return _f16(group_scale(np.asarray(w, dtype=np.float32), 1, fmt, codebook)[:, 0]), None
+        return f16_rounded(group_scale(np.asarray(w, dtype=np.float32), 1, fmt, codebook)[:, 0]), None
     scale, zp = quantization_params(np.asarray(w, dtype=np.float32), 1, mode)
-    return _f16(scale[:, 0]), None if zp is None else zp[:, 0].astype(np.float64)
+    return f16_rounded(scale[:, 0]), None if zp is None else zp[:, 0].astype(np.float64)
 
 
 def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode,
@@ -118,19 +115,45 @@ def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeight
 
     cw = estimate_scales(np.asarray(w, dtype=np.float32), None, mode, w.shape[1], 1,
                          np.asarray(gram, dtype=np.float32)[None], codebook=codebook)
-    scale = _f16(cw.scale.reshape(-1))
+    scale = f16_rounded(cw.scale.reshape(-1))
     zp = None if cw.zero_point is None else cw.zero_point.reshape(-1).astype(np.float64)
     return scale, zp
+
+
+def static_group_params(w: np.ndarray, mode: CompressWeightsMode, group_size: int, hessian: np.ndarray | None = None,
+                        codebook: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every group's scale (f16) and zero point from the weights as they are: ``[out, n_groups]`` each.
+
+    RTN's, or with ``hessian`` scale estimation's on the group's block of ``H``.
+    """
+    out_ch, in_ch = w.shape
+    gs = in_ch if group_size == -1 else group_size
+    scales = np.empty((out_ch, in_ch // gs), dtype=np.float32)
+    zps = np.empty((out_ch, in_ch // gs), dtype=np.float64) if mode.is_asym else None
+    for g in range(in_ch // gs):
+        cols = slice(g * gs, (g + 1) * gs)
+        if hessian is None:
+            scale, zp = group_params(w[:, cols], mode, codebook)
+        else:
+            scale, zp = estimated_group_params(w[:, cols], hessian[cols, cols], mode, codebook)
+        scales[:, g] = scale
+        if zps is not None:
+            zps[:, g] = zp
+    return scales, zps
 
 
 def gptq_codes(
     w: np.ndarray, u: np.ndarray, mode: CompressWeightsMode, group_size: int, block_size: int = BLOCK_SIZE,
     hessian: np.ndarray | None = None, codebook: np.ndarray | None = None,
+    static: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The GPTQ loop on ``w [out, in]`` (float64, modified in place) with factor ``u``.
 
     With ``hessian``, a group's parameters are chosen by scale estimation on
     the group's block of ``H`` (:func:`estimated_group_params`) instead of RTN.
+    ``static = (scales, zero points, group of each column)``: the groups'
+    parameters are fixed beforehand and the columns may come in any order
+    (act-order: ``w`` and ``u`` permuted by the caller).
     Returns the codes [out, in] (float64 integers) and the scales / zero points
     [out, n_groups].
     """
@@ -140,7 +163,9 @@ def gptq_codes(
     codes = np.empty((out_ch, in_ch), dtype=np.float64)
     scales = np.empty((out_ch, ng), dtype=np.float32)
     zps = np.empty((out_ch, ng), dtype=np.float64) if mode.is_asym else None
-    if group_size == -1:
+    if static is not None:
+        block, (scales, zps, group_of) = block_size, static
+    elif group_size == -1:
         block = block_size
         scale, zp = group_params(w, mode, codebook)
         scales[:, 0] = scale
@@ -158,7 +183,9 @@ def gptq_codes(
             j2 = min(j1 + sub, i2 - i1)
             for i in range(j1, j2):
                 col = i1 + i
-                if group_size != -1 and col % gs == 0:  # sub divides gs: the group's columns are all current
+                if static is not None:
+                    scale, zp = scales[:, group_of[col]], None if zps is None else zps[:, group_of[col]]
+                elif group_size != -1 and col % gs == 0:  # sub divides gs: the group's columns are all current
                     if hessian is None:
                         scale, zp = group_params(w1[:, i : i + gs], mode, codebook)
                     else:
@@ -178,33 +205,6 @@ def gptq_codes(
     return codes, scales, zps
 
 
-def row_errors(w: np.ndarray, deq: np.ndarray, hessian: np.ndarray) -> np.ndarray:
-    """``(w_r - deq_r)^T H (w_r - deq_r)`` for each row."""
-    d = w - deq
-    return np.einsum("oi,oi->o", d @ hessian, d)
-
-
-def refit_scales(w: np.ndarray, qz: np.ndarray, scales: np.ndarray, hessian: np.ndarray, group_size: int) -> np.ndarray:
-    """Per row, the least-squares scales for fixed ``qz = q - z`` on ``H``; a row keeps ``scales`` unless better."""
-    out_ch, in_ch = w.shape
-    gs = in_ch if group_size == -1 else group_size
-    ng = in_ch // gs
-    qg = qz.reshape(out_ch, ng, gs)
-    rhs = np.einsum("ogk,ogk->og", (w @ hessian).reshape(out_ch, ng, gs), qg)
-    gram = np.empty((out_ch, ng, ng), dtype=np.float64)
-    for g in range(ng):  # gram[r, :, g] = Q_r^T H[:, group g] qz_r[group g]
-        hq = qz[:, g * gs : (g + 1) * gs] @ hessian[g * gs : (g + 1) * gs, :]
-        gram[:, :, g] = np.einsum("ogk,ogk->og", hq.reshape(out_ch, ng, gs), qg)
-    ridge = 1e-9 * np.maximum(np.trace(gram, axis1=1, axis2=2) / ng, 1e-30)
-    gram[:, np.arange(ng), np.arange(ng)] += ridge[:, None]
-    fit = _f16(np.linalg.solve(gram, rhs[..., None])[..., 0])
-    expand = lambda s: np.repeat(s.astype(np.float64), gs, axis=1) * qz  # noqa: E731
-    old_err = row_errors(w, expand(scales), hessian)
-    new_err = row_errors(w, expand(fit), hessian)
-    ok = np.all(np.isfinite(fit), axis=1) & np.all(np.sign(fit) == np.sign(scales), axis=1) & (new_err < old_err)
-    return np.where(ok[:, None], fit, scales).astype(np.float32)
-
-
 def gptq_quantize_layers(
     weights: Sequence[np.ndarray],
     axes: Sequence[int],
@@ -216,13 +216,28 @@ def gptq_quantize_layers(
     percdamp: float = PERCDAMP,
     block_size: int = BLOCK_SIZE,
     codebook: np.ndarray | None = None,
+    act_order: bool = False,
+    refine_rounds: int = 0,
 ) -> list[CompressedWeight]:
     """GPTQ compression of 2-D weights that read the same input (Hessian ``H [in, in]``), each reduced along its axis.
 
     GPTQ treats the rows of ``[out, in]`` independently, so the layers are
     stacked along their rows and quantized in one column loop with one
     inverse-Hessian factor; the result equals quantizing each alone.
+
+    ``act_order``: the columns are quantized in decreasing order of ``H_jj``
+    (the most activated input channels first, while the most columns remain
+    to absorb their error; Frantar et al.'s act-order), with *static* groups:
+    each group's scale and zero point are fixed from the weights before the
+    loop (:func:`static_group_params`), so the groups stay the contiguous
+    channels of the IR's pattern and no Gather is needed (llm-compressor's
+    ``actorder: "static"``).
+
+    ``refine_rounds`` (integer modes): after GPTQ, rounds of
+    :func:`refine_codes_and_scales` on the same objective.
     """
+    if refine_rounds and not mode.is_integer:
+        raise ValueError(f"rounding refinement is for integer modes, not for {mode.value}")
     if mode.num_bits > 4 or not mode.allows_data_aware:
         raise ValueError(f"GPTQ is for formats of 4 bits or fewer with a sorted grid, not for {mode.value}")
     rows = []
@@ -241,11 +256,26 @@ def gptq_quantize_layers(
     w2 = np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
     w = np.array(w2, dtype=np.float64)
     w[:, dead_channels(h)] = 0.0
-    codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size,
-                                    hessian=h if scale_estimation and group_size != -1 else None, codebook=codebook)
+    target = w.copy() if refine_rounds else None  # the GPTQ loop updates w in place
+    estimate = h if scale_estimation and group_size != -1 else None
+    if act_order:
+        perm = np.argsort(-np.diag(h), kind="stable")
+        scales, zps = static_group_params(w, mode, group_size, estimate, codebook)
+        hp = h[np.ix_(perm, perm)]
+        codes_p, _, _ = gptq_codes(np.ascontiguousarray(w[:, perm]), inverse_hessian_factor(hp, percdamp), mode,
+                                   group_size, block_size, codebook=codebook, static=(scales, zps, perm // gs))
+        codes = np.empty_like(codes_p)
+        codes[:, perm] = codes_p
+    else:
+        codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size,
+                                        hessian=estimate, codebook=codebook)
     qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     if scale_estimation:
         scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)
+    if refine_rounds:
+        codes, scales = refine_codes_and_scales(target, codes, scales, zps, h, mode, group_size, refine_rounds,
+                                                np.argsort(-np.diag(h), kind="stable") if act_order else None)
+        qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     out, offset = [], 0
     for weight, axis, r in zip(weights, axes, rows):
         part = slice(offset, offset + r.shape[0])
@@ -288,7 +318,10 @@ def gptq_quantize(
     percdamp: float = PERCDAMP,
     block_size: int = BLOCK_SIZE,
     codebook: np.ndarray | None = None,
+    act_order: bool = False,
+    refine_rounds: int = 0,
 ) -> CompressedWeight:
     """GPTQ compression of one 2-D ``weight`` reduced along ``axis`` with the layer Hessian ``H [in, in]``."""
     return gptq_quantize_layers([weight], [axis], hessian, mode, group_size, scale_estimation=scale_estimation,
-                                percdamp=percdamp, block_size=block_size, codebook=codebook)[0]
+                                percdamp=percdamp, block_size=block_size, codebook=codebook, act_order=act_order,
+                                refine_rounds=refine_rounds)[0]
