@@ -130,6 +130,9 @@ DATA_FREE_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int4_sym_g64_r0.8", "int4_sym", group_size=64, ratio=0.8),
     BenchConfig("int4_sym_g128_r1.0", "int4_sym", group_size=128, ratio=1.0),
     BenchConfig("int4_asym_g64_r1.0_all_layers", "int4_asym", group_size=64, ratio=1.0, all_layers=True),
+    # issue 15: data-free clipping (ours only; NNCF's side is its round to nearest)
+    BenchConfig("int4_asym_g128_r1.0_clip", "int4_asym", group_size=128, ratio=1.0, ours_options=(("mse_clipping", True),)),
+    BenchConfig("int4_sym_g128_r1.0_clip", "int4_sym", group_size=128, ratio=1.0, ours_options=(("mse_clipping", True),)),
 )
 
 # Every other NNCF format, data-free, at NNCF's default group size and backup precision (issue 13).

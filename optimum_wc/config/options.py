@@ -19,7 +19,7 @@ from .choices import (
     SensitivityMetric,
 )
 
-_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds")
+_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class WeightCompressionConfig:
     after GPTQ, rounds of coordinate descent on the codes then a least-squares
     refit of the scales, on GPTQ's own layer objective, which neither can
     raise (integer modes; :mod:`optimum_wc.quant.refinement`; not in NNCF).
+    ``mse_clipping``: layers rounded to nearest in a 2-4 bit integer mode take
+    each group's clipped range with the smallest weight error
+    (:mod:`optimum_wc.quant.clipping`; data-free; not in NNCF).
     """
 
     mode: CompressWeightsMode = CompressWeightsMode.INT8_ASYM
@@ -60,6 +63,7 @@ class WeightCompressionConfig:
     codebook: tuple[float, ...] | None = None
     gptq_act_order: bool = False
     gptq_refine_rounds: int = 0
+    mse_clipping: bool = False
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -283,6 +287,11 @@ def _check_data_options(c: WeightCompressionConfig) -> None:
         raise ConfigError(f"gptq_act_order={c.gptq_act_order!r} must be True or False.")
     if c.gptq_act_order and not c.gptq:
         raise ConfigError("gptq_act_order=True orders GPTQ's columns, but gptq=False; set gptq=True as well.")
+    if not isinstance(c.mse_clipping, bool):
+        raise ConfigError(f"mse_clipping={c.mse_clipping!r} must be True or False.")
+    if c.mse_clipping and not (c.mode.is_integer and c.mode.num_bits <= 4):
+        raise ConfigError(f"mse_clipping=True clips integer grids of 2-4 bits; mode={c.mode.value} has none: set "
+                          "mse_clipping=False or use int4_asym, int4_sym, int3_sym or int2_sym.")
     rounds = c.gptq_refine_rounds
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ConfigError(f"gptq_refine_rounds={rounds!r} must be an integer >= 0 (rounds of refinement after GPTQ), "

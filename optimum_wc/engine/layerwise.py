@@ -10,6 +10,7 @@ runs from where the previous one stopped
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -60,8 +61,7 @@ def compress_layerwise(
     for j, batch in enumerate(passes):
         hessians = layerwise.collect(j)
         for key in batch:
-            # shared by the layers of this input
-            input_data = StepData(data.stats, hessians[key].hessian, data.lora_rank, data.act_order, data.refine_rounds)
+            input_data = replace(data, hessian=hessians[key].hessian)  # shared by the layers of this input
             for members in same_grid(groups[key]):
                 outputs = step.run([prepare(p) for p in members], input_data)
                 for p, out in zip(members, outputs):

@@ -64,6 +64,7 @@ class StepData:
     lora_rank: int = 8
     act_order: bool = False  # GPTQ's column order (WeightCompressionConfig.gptq_act_order)
     refine_rounds: int = 0  # WeightCompressionConfig.gptq_refine_rounds
+    clip: bool = False  # WeightCompressionConfig.mse_clipping
 
     @functools.cached_property
     def whitening(self) -> np.ndarray:
@@ -84,12 +85,17 @@ class Step:
 
 
 def _rtn(layers: Sequence[LayerInput], data: StepData) -> list[LayerOutput]:
-    return _round(fit_codebooks(layers, data))
+    return _round(fit_codebooks(layers, data), data.clip)
 
 
-def _round(layers: Sequence[LayerInput]) -> list[LayerOutput]:
+def clips(mode, clip: bool) -> bool:
+    """Whether round to nearest clips this layer's ranges: asked for, and a 2-4 bit integer mode."""
+    return clip and mode.is_integer and mode.num_bits <= 4
+
+
+def _round(layers: Sequence[LayerInput], clip: bool = False) -> list[LayerOutput]:
     return [LayerOutput(quantize(x.weight, x.plan.mode, x.plan.group_size, x.plan.site.reduction_axis,
-                                 codebook=x.plan.codebook)) for x in layers]
+                                 codebook=x.plan.codebook, clip=clips(x.plan.mode, clip))) for x in layers]
 
 
 def fit_codebooks(layers: Sequence[LayerInput], data: StepData) -> Sequence[LayerInput]:

@@ -27,7 +27,9 @@ import numpy as np
 from ..config import CompressWeightsMode
 from . import float_kernels, float_lowering, kernels, minifloat
 from .bitpack import pack_nibbles
+from .clipping import mse_clipped_params
 from .formats import format_of
+from .rtn import asymmetric_params, levels, quantization_params, rounded_levels, symmetric_scale  # noqa: F401
 
 _EPS = np.finfo(np.float32).eps
 # Rows per block: big enough for NumPy's loops, small enough to stay in cache.
@@ -115,50 +117,6 @@ def compressed_shapes(shape: tuple[int, ...], axis: int, group_size: int) -> tup
     return codes, codes[:axis] + (1,) + codes[axis + 1 :]
 
 
-def levels(mode: CompressWeightsMode) -> tuple[int, int]:
-    """The integer range ``[low, high]`` of ``mode``'s codes."""
-    b = mode.num_bits
-    return (0, 2**b - 1) if mode.is_asym else (-(2 ** (b - 1)), 2 ** (b - 1) - 1)
-
-
-def symmetric_scale(w: np.ndarray, axis: int, num_bits: int) -> np.ndarray:
-    """``signed_absmax(w) / 2^(b-1)`` along ``axis`` (keepdims), at least eps in magnitude."""
-    w_abs_min = np.abs(np.min(w, axis=axis, keepdims=True))
-    w_max = np.max(w, axis=axis, keepdims=True)
-    scale = np.where(w_abs_min >= w_max, w_abs_min, -w_max).astype(np.float32)
-    scale /= np.float32(2 ** (num_bits - 1))
-    return np.where(np.abs(scale) < _EPS, _EPS, scale).astype(np.float32)
-
-
-def asymmetric_params(w: np.ndarray, axis: int, num_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and zero point of ``[min(w, 0), max(w, 0)]`` mapped onto ``[0, 2^b - 1]``."""
-    high_level = 2**num_bits - 1
-    lo = np.minimum(np.min(w, axis=axis, keepdims=True), np.float32(0))
-    hi = np.maximum(np.max(w, axis=axis, keepdims=True), np.float32(0))
-    scale = ((hi - lo) / np.float32(high_level)).astype(np.float32)
-    scale = np.where(np.abs(scale) < _EPS, _EPS, scale).astype(np.float32)
-    zero_point = np.clip((0 - np.round(lo / scale)).astype(np.int32), 0, high_level)
-    return scale, zero_point.astype(np.uint8)
-
-
-def quantization_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scale and zero point (None when symmetric) of ``w`` along ``axis`` (keepdims) for ``mode``."""
-    if mode.is_asym:
-        return asymmetric_params(w, axis, mode.num_bits)
-    return symmetric_scale(w, axis, mode.num_bits), None
-
-
-def rounded_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
-    """``clip(round(w / scale [+ zero_point]))`` as float32 integers."""
-    low, high = levels(mode)
-    q = np.divide(w, scale, dtype=np.float32)
-    if zero_point is not None:
-        q += zero_point.astype(np.float32)
-    np.rint(q, out=q)
-    np.clip(q, low, high, out=q)
-    return q
-
-
 def round_to_levels(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, mode: CompressWeightsMode,
                     codebook: np.ndarray | None = None) -> np.ndarray:
     """The grid values ``w`` rounds to at ``scale``, unscaled: integer levels (see :func:`rounded_levels`), or the
@@ -196,20 +154,24 @@ def level_values(cw: CompressedWeight) -> np.ndarray:
 
 
 def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool = False,
-                    codebook: np.ndarray | None = None):
+                    codebook: np.ndarray | None = None, clip: bool = False):
     """Codes (packed two per byte with ``pack``), scale, zero point, the block's squared error and squared norm.
 
     The fused kernel (:mod:`.kernels`) gives the same bytes as the NumPy
     reference below when it can run; both sum the error with NumPy's ``dot``.
-    Float formats and codebooks go to :mod:`.float_lowering`.
+    Float formats and codebooks go to :mod:`.float_lowering`.  ``clip``
+    (integer modes): the ranges of :func:`optimum_wc.quant.clipping.mse_clipped_params`.
     """
     w = as_float32(w)
     if not mode.is_integer:
         return _float_block(w, axis, mode, pack, codebook)
-    fused = _fused_block(w, axis, mode, pack) if use_fused_kernel() else None
+    fused = _fused_block(w, axis, mode, pack) if use_fused_kernel() and not clip else None
     if fused is not None:
         return fused
-    scale, zp = quantization_params(w, axis, mode)
+    if clip:
+        scale, zp = mse_clipped_params(w, axis, mode)
+    else:
+        scale, zp = quantization_params(w, axis, mode)
     q = rounded_levels(w, scale, zp, mode)
     codes = q.astype(np.uint8 if mode.is_asym else np.int8)
     if zp is not None:
@@ -284,7 +246,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int, *,
-             packed: bool = False, codebook: np.ndarray | None = None) -> CompressedWeight:
+             packed: bool = False, codebook: np.ndarray | None = None, clip: bool = False) -> CompressedWeight:
     """Quantize ``weight`` along its input-channel ``axis`` (per channel if ``group_size == -1``).
 
     The work is split into blocks along the first non-reduced axis and run on
@@ -295,7 +257,10 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     block's codes are packed two per byte as soon as they are made: the result
     has ``packed`` bytes instead of ``codes``, and the unpacked codes never
     exist whole.  ``codebook``: the sorted float32 table of a codebook mode.
+    ``clip``: integer modes take each group's weight-error-minimising
+    clipped range (:mod:`.clipping`) instead of its full range.
     """
+    clip = clip and mode.is_integer
     if codebook is not None:
         codebook = np.asarray(codebook, dtype=np.float32)
     fmt = format_of(mode, codebook)
@@ -311,7 +276,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
         lead = (slice(None),) * split_axis
         blocks = [w[lead + (slice(i, i + rows),)] for i in range(0, n, rows)]
     if len(blocks) == 1:
-        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode, codebook=codebook)
+        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode, codebook=codebook, clip=clip)
     else:  # each block's results go straight into the outputs: no concatenated copy of the codes
         param_shape = w.shape[:red] + (1,) + w.shape[red + 1 :]
         pack = packed and split_axis == 0 and all(b.size % 2 == 0 for b in blocks)
@@ -325,7 +290,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
 
         def run(i: int) -> tuple[float, float]:
             at = lead + (slice(i * rows, i * rows + blocks[i].shape[split_axis]),)
-            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack, codebook)
+            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack, codebook, clip)
             if pack:  # rows are the leading axis: block i is one contiguous run of the flattened codes
                 first = i * rows * per_row // 2
                 packed_out[first : first + block_codes.size] = block_codes
