@@ -89,4 +89,9 @@ class PrequantizedFormat:
         return 1 if self.checkpoint_format == "gptq" else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded in the IR's rt_info (``experts_as`` only for MXFP4 experts, so that the
+        other formats' records stay as they were before it existed)."""
+        out = asdict(self)
+        if not out["experts_as"]:
+            del out["experts_as"]
+        return out
