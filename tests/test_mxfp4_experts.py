@@ -106,37 +106,35 @@ def test_a_bad_form_of_experts_fails_before_any_work(gpt_oss, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_block_at_the_smallest_scale_has_no_i8_form(gpt_oss, tmp_path):
+def _edited_checkpoint_fails(gpt_oss, tmp_path, edit, message: str) -> None:
+    """The checkpoint with ``edit`` applied to its tensors fails to export with ``message``, writing nothing."""
     from optimum_wc import export_model
 
-    path, _ = gpt_oss
     src = tmp_path / "bad"
-    shutil.copytree(path, src)
+    shutil.copytree(gpt_oss[0], src)
+    edit_tensors(src, edit)
+    with pytest.raises(ExportError, match=message):
+        export_model(src, tmp_path / "out", None, load=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_block_at_the_smallest_scale_has_no_i8_form(gpt_oss, tmp_path):
     name = "model.layers.0.mlp.experts.gate_up_proj_scales"
 
     def zero_scale(t):
         t[name] = t[name].clone()
         t[name][0, 0, 0] = 0
         return t
-    edit_tensors(src, zero_scale)
-    with pytest.raises(ExportError, match=r"gate_up_proj_scales: 1 blocks have the scale 2\^-127 and a nonzero value, "
-                                          r"which have no exact i8 form; export with mxfp4_experts='f4e2m1'"):
-        export_model(src, tmp_path / "out", None, load=False)
-    assert not (tmp_path / "out").exists()
+    _edited_checkpoint_fails(gpt_oss, tmp_path, zero_scale,
+                             r"gate_up_proj_scales: 1 blocks have the scale 2\^-127 and a nonzero value, "
+                             r"which have no exact i8 form; export with mxfp4_experts='f4e2m1'")
 
 
 def test_missing_scales_fail_clearly_and_write_nothing(gpt_oss, tmp_path):
-    from optimum_wc import export_model
-
-    path, _ = gpt_oss
-    src = tmp_path / "bad"
-    shutil.copytree(path, src)
     name = "model.layers.1.mlp.experts.down_proj_scales"
-    edit_tensors(src, lambda t: {k: v for k, v in t.items() if k != name})
-    with pytest.raises(ExportError, match=r"model\.layers\.1\.mlp\.experts\.down_proj_scales is missing from the "
-                                          r"checkpoint \(its model\.layers\.1\.mlp\.experts\.down_proj_blocks is there\)"):
-        export_model(src, tmp_path / "out", None, load=False)
-    assert not (tmp_path / "out").exists()
+    _edited_checkpoint_fails(gpt_oss, tmp_path, lambda t: {k: v for k, v in t.items() if k != name},
+                             r"model\.layers\.1\.mlp\.experts\.down_proj_scales is missing from the "
+                             r"checkpoint \(its model\.layers\.1\.mlp\.experts\.down_proj_blocks is there\)")
 
 
 def test_streamed_float_export_keeps_the_small_tensors_alive(gpt_oss, tmp_path):

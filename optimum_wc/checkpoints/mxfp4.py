@@ -116,10 +116,14 @@ def e2m1_codes(packed: np.ndarray) -> np.ndarray:
     return codes
 
 
-def mxfp4_weight(codes: np.ndarray, stored: np.ndarray, scales_name: str, shape: tuple[int, ...]) -> CompressedWeight:
-    """MXFP4 weight of E2M1 ``codes [..., G, 32]`` and E8M0 scale bytes ``stored [..., G, 1]`` (``2^(s - 127)``)."""
+def _check_e8m0(stored: np.ndarray, scales_name: str) -> None:
     if np.any(stored == 255):
         raise ExportError(f"{scales_name} holds the E8M0 NaN code 255; the checkpoint is corrupt.")
+
+
+def mxfp4_weight(codes: np.ndarray, stored: np.ndarray, scales_name: str, shape: tuple[int, ...]) -> CompressedWeight:
+    """MXFP4 weight of E2M1 ``codes [..., G, 32]`` and E8M0 scale bytes ``stored [..., G, 1]`` (``2^(s - 127)``)."""
+    _check_e8m0(stored, scales_name)
     scale = np.ldexp(np.float32(1.0), stored.astype(np.int32) - 127).astype(np.float32)
     return CompressedWeight(codes, scale, None, CompressWeightsMode.MXFP4, BLOCK, shape)
 
@@ -137,8 +141,7 @@ def i8_weight(levels: np.ndarray, stored: np.ndarray, scales_name: str, shape: t
     A block stored with the smallest scale (``s = 0``) and a nonzero code has
     no such form (E8M0 stops at ``2^-127``): that is an error, not a rounding.
     """
-    if np.any(stored == 255):
-        raise ExportError(f"{scales_name} holds the E8M0 NaN code 255; the checkpoint is corrupt.")
+    _check_e8m0(stored, scales_name)
     at_smallest = stored[..., 0] == 0
     smallest = at_smallest.copy()
     if np.any(at_smallest):

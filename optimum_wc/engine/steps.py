@@ -88,14 +88,9 @@ def _rtn(layers: Sequence[LayerInput], data: StepData) -> list[LayerOutput]:
     return _round(fit_codebooks(layers, data), data.clip)
 
 
-def clips(mode, clip: bool) -> bool:
-    """Whether round to nearest clips this layer's ranges: asked for, and a 2-4 bit integer mode."""
-    return clip and mode.is_integer and mode.num_bits <= 4
-
-
 def _round(layers: Sequence[LayerInput], clip: bool = False) -> list[LayerOutput]:
     return [LayerOutput(quantize(x.weight, x.plan.mode, x.plan.group_size, x.plan.site.reduction_axis,
-                                 codebook=x.plan.codebook, clip=clips(x.plan.mode, clip))) for x in layers]
+                                 codebook=x.plan.codebook, clip=clip)) for x in layers]
 
 
 def fit_codebooks(layers: Sequence[LayerInput], data: StepData) -> Sequence[LayerInput]:
@@ -143,7 +138,7 @@ def _gptq(scale_estimation: bool) -> Callable[[Sequence[LayerInput], StepData], 
         cws = gptq_quantize_layers([x.weight for x in layers], [x.plan.site.reduction_axis for x in layers],
                                    data.hessian, first.mode, first.group_size, scale_estimation=scale_estimation,
                                    codebook=first.codebook, act_order=data.act_order,
-                                   refine_rounds=data.refine_rounds if first.mode.is_integer else 0)
+                                   refine_rounds=data.refine_rounds)
         return [LayerOutput(cw) for cw in cws]
 
     return run

@@ -44,7 +44,7 @@ from ..resources import release
 from .compress import log_adjusted_group_sizes
 from .planning import LayerPlan, plan_layers
 from .sensitivity import sensitivity_function
-from .steps import RTN, LayerInput, LayerOutput, StepData, clips, fit_codebooks, step_for
+from .steps import RTN, LayerInput, LayerOutput, StepData, fit_codebooks, step_for
 from .threads import in_order
 
 logger = logging.getLogger("optimum_wc")
@@ -115,7 +115,7 @@ def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], sourc
         # round to nearest, 4-bit codes packed block by block (the unpacked codes never exist whole)
         fit_codebooks([LayerInput(p, w)], StepData())  # an adaptive codebook is fitted to the weight first
         out = LayerOutput(quantize(w, p.mode, p.group_size, site.reduction_axis, packed=True, codebook=p.codebook,
-                                   clip=clips(p.mode, config.mse_clipping)))
+                                   clip=config.mse_clipping))
         if read is None:
             release(w)  # file-mapped pages leave this process (they stay in the page cache)
         elif hasattr(source, "recycle"):

@@ -257,10 +257,11 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     block's codes are packed two per byte as soon as they are made: the result
     has ``packed`` bytes instead of ``codes``, and the unpacked codes never
     exist whole.  ``codebook``: the sorted float32 table of a codebook mode.
-    ``clip``: integer modes take each group's weight-error-minimising
-    clipped range (:mod:`.clipping`) instead of its full range.
+    ``clip``: 2-4 bit integer modes take each group's weight-error-minimising
+    clipped range (:mod:`.clipping`) instead of its full range (other modes
+    ignore it: INT8 backup layers of a clipped config round as they are).
     """
-    clip = clip and mode.is_integer
+    clip = clip and mode.is_integer and mode.num_bits <= 4
     if codebook is not None:
         codebook = np.asarray(codebook, dtype=np.float32)
     fmt = format_of(mode, codebook)
