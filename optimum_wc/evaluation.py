@@ -214,9 +214,10 @@ class EvalResult:
     top1_agreement: float | None = None  # share of positions where the argmax equals the reference's
     kl_divergence: float | None = None  # mean KL(reference || model) per position, in nats
     seconds: float = 0.0
+    argmax: np.ndarray | None = field(default=None, repr=False)  # [windows, window - 1] with keep_argmax
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "argmax"}
 
 
 def evaluate(
@@ -244,8 +245,11 @@ def evaluate_many(
     *,
     window: int = DEFAULT_WINDOW,
     progress: bool = False,
+    reference_argmax: np.ndarray | None = None,
+    keep_argmax: bool = False,
 ) -> dict[str, EvalResult]:
-    """:func:`evaluate` for several models against one reference (its logits computed once per window)."""
+    """:func:`evaluate` for several models against one reference (its logits computed once per window), or
+    against ``reference_argmax`` (an earlier result's ``argmax``, kept with ``keep_argmax``; no KL then)."""
     start = time.perf_counter()
     compiled = {name: compile_model(m) if isinstance(m, (str, Path)) else m for name, m in models.items()}
     ref = compile_model(reference) if isinstance(reference, (str, Path)) else reference
@@ -257,13 +261,17 @@ def evaluate_many(
     nll = {name: 0.0 for name in compiled}
     agree = {name: 0 for name in compiled}
     kl = {name: 0.0 for name in compiled}
+    argmax: dict[str, list[np.ndarray]] = {name: [] for name in compiled}
+    shape = (len(windows), windows.shape[1] - 1)
+    if reference_argmax is not None and (ref is not None or reference_argmax.shape != shape):
+        raise ValueError(f"pass a reference model, or its argmax of shape {shape}")
     n_predicted = 0
     iterator: Iterable = windows
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(windows, desc="Evaluating", unit="window", leave=False)
-    for ids in iterator:
+    for w, ids in enumerate(iterator):
         targets = ids[1:]
         ref_logits = window_logits(ref_request[0], ids, ref_request[1])[:-1] if ref_request is not None else None
         for name, (request, names) in requests.items():
@@ -273,10 +281,15 @@ def evaluate_many(
                 hi = min(lo + _CHUNK, len(targets))
                 logp = _log_softmax(logits[lo:hi])
                 nll[name] -= float(logp[np.arange(hi - lo), targets[lo:hi]].sum())
+                top = logp.argmax(axis=-1)
+                if keep_argmax:
+                    argmax[name].append(top.astype(np.int32))
                 if ref_logits is not None:
                     ref_logp = _log_softmax(ref_logits[lo:hi])
-                    agree[name] += int((logp.argmax(axis=-1) == ref_logp.argmax(axis=-1)).sum())
+                    agree[name] += int((top == ref_logp.argmax(axis=-1)).sum())
                     kl[name] += float((np.exp(ref_logp) * (ref_logp - logp)).sum())
+                elif reference_argmax is not None:
+                    agree[name] += int((top == reference_argmax[w, lo:hi]).sum())
             del logits
         n_predicted += len(targets)
     seconds = time.perf_counter() - start
@@ -288,9 +301,10 @@ def evaluate_many(
             n_predicted=n_predicted,
             n_windows=len(windows),
             window=int(windows.shape[1]),
-            top1_agreement=agree[name] / n_predicted if ref is not None else None,
+            top1_agreement=agree[name] / n_predicted if ref is not None or reference_argmax is not None else None,
             kl_divergence=kl[name] / n_predicted if ref is not None else None,
             seconds=seconds,
+            argmax=np.concatenate(argmax[name]).reshape(len(windows), -1) if keep_argmax else None,
         )
     return results
 

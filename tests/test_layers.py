@@ -28,7 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"report", "resources", "evaluation", "models"}),
     frozenset({"engine"}),
     frozenset({"export"}),
-    frozenset({"hf"}),
+    frozenset({"hf", "tune"}),
     frozenset({"cli"}),
     frozenset({"__init__", "__main__"}),
 )

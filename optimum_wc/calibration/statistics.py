@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -256,7 +257,7 @@ def _save(path, key_of, stats, samples, raw_rows, gram_block, precision) -> None
             arrays[f"{i}/gram"] = st.gram
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")  # concurrent writers (tune jobs) each have their own
     np.savez(tmp, **arrays)
     tmp.replace(path)
 

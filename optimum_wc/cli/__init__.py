@@ -4,6 +4,7 @@
     optimum-wc compress IR_DIR OUT [same compression flags]
     optimum-wc eval MODEL_DIR [--reference FLOAT_DIR] [--text FILE | --dataset NAME]
     optimum-wc report MODEL_DIR
+    optimum-wc tune MODEL OUT --max-ppl-increase 2% [--max-size MB] [--text FILE] [--dataset DATA]
     optimum-wc demo [OUT]
 
 Exit codes: 0 success; 2 usage errors (unknown flags, flag values the config
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(p)
     p.set_defaults(func=_lazy("commands", "cmd_report"))
 
+    from .tune import add_tune_parser
+
+    add_tune_parser(sub).set_defaults(func=_lazy("tune", "cmd_tune"))
     _add_demo_parser(sub)
     return parser
 

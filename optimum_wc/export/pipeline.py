@@ -124,7 +124,8 @@ def float_model(model_id: str | os.PathLike, work: Path, task: str | None = None
 
 def compress_and_save(model, folder: Path, config: WeightCompressionConfig | None, stages: Stages, *,
                       progress: bool = False, tokenizer: Any = None, monitor: ResourceMonitor | None = None,
-                      float_source: Any = None, deferred: Any = None, **report: Any) -> dict:
+                      float_source: Any = None, deferred: Any = None, dataset: Any = None,
+                      statistics_path: str | Path | None = None, **report: Any) -> dict:
     """Compress ``model`` with ``config`` (None: keep it float) and save it into ``folder`` with its report.
 
     Data-free configs are written layer by layer straight into the IR
@@ -133,6 +134,8 @@ def compress_and_save(model, folder: Path, config: WeightCompressionConfig | Non
     model first (``compress_model``), their results held in a
     :class:`~optimum_wc.resources.SpillArena` (file-backed pages, not
     anonymous memory) until saved: ``model`` must not be used after this call.
+    ``dataset`` (else ``config.dataset``) and ``statistics_path``: as in
+    :func:`~optimum_wc.engine.compress_model`.
     """
     import openvino as ov
 
@@ -150,7 +153,8 @@ def compress_and_save(model, folder: Path, config: WeightCompressionConfig | Non
                 raise ExportError("deferred layers are written by compress_to_ir: export with defer=False for this "
                                   "config")
             if config is not None:
-                compress_model(model, config, progress=progress, tokenizer=tokenizer, spill=spill)
+                compress_model(model, config, dataset, progress=progress, tokenizer=tokenizer, spill=spill,
+                               statistics_path=None if statistics_path is None else str(statistics_path))
             stages.start("save")
             ov.save_model(model, folder / IR_XML, compress_to_fp16=False)
         resources = {}
@@ -233,11 +237,14 @@ def check_ir_input(input_dir: Path) -> None:
 
 
 def compress_ir_folder(input_dir: str | Path, output_dir: str | Path, config: WeightCompressionConfig, *,
-                       progress: bool = False, tokenizer: Any = None) -> dict:
+                       progress: bool = False, tokenizer: Any = None, dataset: Any = None,
+                       statistics_path: str | Path | None = None) -> dict:
     """Compress the float IR in ``input_dir`` into ``output_dir`` (the other files copied); return the report.
 
     Calibration text (data-aware options) is tokenised with the tokenizer
-    saved in ``input_dir`` unless ``tokenizer`` is given.
+    saved in ``input_dir`` unless ``tokenizer`` is given.  ``dataset``
+    overrides ``config.dataset`` (e.g. samples already tokenised);
+    ``statistics_path`` caches the activation statistics between runs.
     """
     import openvino as ov
 
@@ -255,7 +262,8 @@ def compress_ir_folder(input_dir: str | Path, output_dir: str | Path, config: We
         if tokenizer is None:
             tokenizer = calibration_tokenizer(config, input_dir, required=False)
         report = compress_and_save(model, tmp, config, stages, progress=progress, tokenizer=tokenizer, monitor=monitor,
-                                   float_source=input_dir / IR_BIN, model_id=str(input_dir), source="compress")
+                                   float_source=input_dir / IR_BIN, model_id=str(input_dir), source="compress",
+                                   dataset=dataset, statistics_path=statistics_path)
         del model
         copy_side_files(input_dir, tmp, skip=(REPORT_FILE, CONFIG_FILE), folders=True)
         move_into_place(tmp, output_dir)
