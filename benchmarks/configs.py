@@ -165,6 +165,12 @@ DATA_AWARE_CONFIGS: tuple[BenchConfig, ...] = (
                 ours_options=(("gptq_act_order", True),)),
     BenchConfig("int4_asym_g128_gptq_se_ao_r3", "int4_asym", group_size=128, data_aware=("gptq", "scale_estimation"),
                 ours_options=(("gptq_act_order", True), ("gptq_refine_rounds", 3))),
+    # GPTAQ (issue 15): gptq_asymmetric, the float model run beside the compressed one
+    BenchConfig("int4_asym_g128_gptq_se_ao_aq", "int4_asym", group_size=128, data_aware=("gptq", "scale_estimation"),
+                ours_options=(("gptq_act_order", True), ("gptq_asymmetric", True))),
+    BenchConfig("int4_asym_g128_gptq_se_ao_aq_r3", "int4_asym", group_size=128,
+                data_aware=("gptq", "scale_estimation"),
+                ours_options=(("gptq_act_order", True), ("gptq_asymmetric", True), ("gptq_refine_rounds", 3))),
     BenchConfig("int4_asym_g128_awq_gptq_se", "int4_asym", group_size=128, data_aware=("awq", "gptq", "scale_estimation")),
     BenchConfig("int4_asym_g128_awq_gptq_se_ao", "int4_asym", group_size=128,
                 data_aware=("awq", "gptq", "scale_estimation"), ours_options=(("gptq_act_order", True),)),

@@ -140,17 +140,17 @@ def test_data_aware_scan_runs_the_strongest_method_where_it_can_win():
     if c.method == "rtn":  # the bisection skipped it: its round to nearest comes first
         search.record(_outcome(c.layout, "rtn", rtn[c.layout], sizes[c.layout]))
         (c,) = search.propose(1)
-    assert c == Candidate(lays[0], "gptq_se_ao_r3")
-    search.record(_outcome(lays[0], "gptq_se_ao_r3", 13.0, sizes[lays[0]]))  # closed 0.7: fails
+    assert c == Candidate(lays[0], "gptq_se_ao_aq")
+    search.record(_outcome(lays[0], "gptq_se_ao_aq", 13.0, sizes[lays[0]]))  # closed 0.7: fails
     # lays[1] needs 0.8 > 0.7 + slack: settled without a run; lays[2] needs 0.667
     proposals = search.propose(1)
     if proposals[0].method == "rtn":
         search.record(_outcome(proposals[0].layout, "rtn", rtn[proposals[0].layout], sizes[proposals[0].layout]))
         proposals = search.propose(1)
-    assert proposals == [Candidate(lays[2], "gptq_se_ao_r3")]
-    search.record(_outcome(lays[2], "gptq_se_ao_r3", 10.9, sizes[lays[2]]))
-    assert search.propose(4) == [] and search.best().candidate == Candidate(lays[2], "gptq_se_ao_r3")
-    assert Candidate(lays[1], "gptq_se_ao_r3").name not in search.outcomes
+    assert proposals == [Candidate(lays[2], "gptq_se_ao_aq")]
+    search.record(_outcome(lays[2], "gptq_se_ao_aq", 10.9, sizes[lays[2]]))
+    assert search.propose(4) == [] and search.best().candidate == Candidate(lays[2], "gptq_se_ao_aq")
+    assert Candidate(lays[1], "gptq_se_ao_aq").name not in search.outcomes
 
 
 def test_layouts_beyond_any_method_are_not_tried():

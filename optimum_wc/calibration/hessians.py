@@ -32,6 +32,7 @@ class InputHessian:
     channels: int
     n_tokens: int = 0
     xtx: np.ndarray = None
+    cross: np.ndarray | None = None  # sum of (X - X~)^T X~: the float model's inputs X against these X~ (GPTAQ)
 
     def __post_init__(self) -> None:
         if self.xtx is None:
@@ -41,10 +42,48 @@ class InputHessian:
         self.n_tokens += tokens
         self.xtx += xtx
 
+    def add_cross(self, x: np.ndarray, x_float: np.ndarray) -> None:
+        """Add ``(X_float - X)^T X`` of one batch (``[..., channels]`` each, the same tokens)."""
+        q = np.asarray(x, dtype=np.float32).reshape(-1, self.channels)
+        d = np.asarray(x_float, dtype=np.float32).reshape(-1, self.channels) - q
+        part = (d.T @ q).astype(np.float64)
+        self.cross = part if self.cross is None else self.cross + part
+
     @property
     def hessian(self) -> np.ndarray:
         """GPTQ's layer Hessian ``H = 2 X^T X / N``."""
         return self.xtx * (2.0 / max(self.n_tokens, 1))
+
+    @property
+    def cross_term(self) -> np.ndarray | None:
+        """GPTAQ's ``P = 2 (X_float - X)^T X / N`` (None without a float reference)."""
+        return None if self.cross is None else self.cross * (2.0 / max(self.n_tokens, 1))
+
+
+class _PassRunner:
+    """One model's passes: each from the cached boundary values of the previous one (per batch)."""
+
+    def __init__(self, model, passes: Sequence[Sequence[tuple[str, int]]], precision: str):
+        self.model, self.passes, self.precision = model, passes, precision
+        self.boundaries = pass_boundaries(model, passes)
+        self.cached: list[np.ndarray] | None = None  # boundary values of the previous pass, per batch
+
+    def start(self, j: int, probes: Sequence[Probe]):
+        """The compiled statistics model of pass ``j`` and its output layout."""
+        start = self.boundaries[j - 1] if j > 0 else None  # set: pass j - 1 cached its values
+        model, layout = statistics_model(self.model, probes, boundary_in=start, boundary_out=self.boundaries[j])
+        self._start, self._end, self._next_cache = start, self.boundaries[j], []
+        return StatisticsRunner(model, self.precision), layout
+
+    def run(self, runner, layout, number: int, ids: np.ndarray) -> list[np.ndarray]:
+        extra = {BOUNDARY_INPUT: self.cached[number]} if self._start is not None else None
+        outputs = runner.run(ids, extra)
+        if self._end is not None:
+            self._next_cache.append(outputs[layout[("boundary", "boundary")]])
+        return outputs
+
+    def finish(self) -> None:
+        self.cached = self._next_cache if self._end is not None else None
 
 
 class LayerwiseHessians:
@@ -55,19 +94,22 @@ class LayerwiseHessians:
     the layers of the previous pass were compressed in ``model``: pass ``j``
     runs from the cached value of boundary ``j - 1`` (computed by pass
     ``j - 1`` with all earlier layers already compressed, see
-    :func:`optimum_wc.ir.probes.pass_boundaries`) to its own sources, so the
-    inputs it sees are exactly those of the partially compressed model.
+    :func:`optimum_wc.ir.probes.pass_boundaries`), so the inputs it sees are
+    exactly those of the partially compressed model.  With ``reference``
+    (the model before any compression) the same passes run on it as well,
+    batch by batch in step, and each input also gets
+    :meth:`InputHessian.add_cross` (GPTAQ's float-against-quantized term).
     """
 
     def __init__(self, model, passes: Sequence[Sequence[tuple[str, int]]], samples: Sequence[np.ndarray],
-                 precision: str | None = None):
+                 precision: str | None = None, reference=None):
         self.model = model
         self.passes = [list(p) for p in passes]
         self.samples = samples
         self.precision = precision if precision is not None else statistics.PRECISION
         self.batches = sample_batches(samples)
-        self.boundaries = pass_boundaries(model, self.passes)
-        self._cached: list[np.ndarray] | None = None  # boundary values of the previous pass, per batch
+        self._runs = [_PassRunner(m, self.passes, self.precision) for m in (model, reference) if m is not None]
+        self.boundaries = self._runs[0].boundaries
         self._next = 0
         used = sum(b is not None for b in self.boundaries)
         logger.info("GPTQ/LoRA passes: %d, %d of them start from the previous pass's boundary.", len(self.passes), used)
@@ -76,22 +118,19 @@ class LayerwiseHessians:
         if j != self._next:
             raise RuntimeError(f"passes run in order: expected pass {self._next}, got {j}")
         self._next += 1
-        start = self.boundaries[j - 1] if j > 0 else None  # set: pass j - 1 cached its values
-        end = self.boundaries[j]
-        probes = [Probe(source, xtx=True) for source in self.passes[j]]
-        model, layout = statistics_model(self.model, probes, boundary_in=start, boundary_out=end)
-        runner = StatisticsRunner(model, self.precision)
-        del model
+        asym = len(self._runs) > 1
+        own = self._runs[0].start(j, [Probe(source, xtx=True, raw=asym) for source in self.passes[j]])
+        ref = self._runs[1].start(j, [Probe(source, raw=True) for source in self.passes[j]]) if asym else None
         nodes = ops_by_name(self.model)
         out = {source: InputHessian(activation_channels(nodes, source)) for source in self.passes[j]}
-        cached: list[np.ndarray] = []
         for number, batch in enumerate(self.batches):
             ids = stack_samples(self.samples, batch)
-            extra = {BOUNDARY_INPUT: self._cached[number]} if start is not None else None
-            outputs = runner.run(ids, extra)
+            outputs = self._runs[0].run(*own, number, ids)
+            floats = self._runs[1].run(*ref, number, ids) if asym else None
             for source in self.passes[j]:
-                out[source].add(outputs[layout[(source, "xtx")]], ids.size)
-            if end is not None:
-                cached.append(outputs[layout[("boundary", "boundary")]])
-        self._cached = cached if end is not None else None
+                out[source].add(outputs[own[1][(source, "xtx")]], ids.size)
+                if asym:
+                    out[source].add_cross(outputs[own[1][(source, "raw")]], floats[ref[1][(source, "raw")]])
+        for run in self._runs:
+            run.finish()
         return out

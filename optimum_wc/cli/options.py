@@ -81,6 +81,9 @@ def add_compression_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gptq", action="store_true", default=None, help="GPTQ (needs --dataset)")
     g.add_argument("--gptq-act-order", action="store_true", default=None,
                    help="GPTQ quantizes the most activated input channels first (static groups; not in NNCF)")
+    g.add_argument("--gptq-asymmetric", action="store_true", default=None,
+                   help="GPTAQ: each layer aims at the float model's output, not at its own on the compressed "
+                        "model's inputs (runs the float model beside; not in NNCF)")
     g.add_argument("--mse-clipping", action="store_true", default=None,
                    help="data-free: each group's clipped range with the smallest weight error (2-4 bit integer "
                         "modes; not in NNCF)")
@@ -164,7 +167,7 @@ _COMPRESSION_FLAGS = {
     "sym": "--sym", "codebook": "--codebook", "group_size": "--group-size", "group_size_fallback": "--group-size-fallback", "ratio": "--ratio",
     "backup_precision": "--backup-precision", "all_layers": "--all-layers", "sensitivity_metric": "--sensitivity-metric",
     "dataset": "--dataset", "num_samples": "--num-samples", "awq": "--awq", "scale_estimation": "--scale-estimation",
-    "gptq": "--gptq", "gptq_act_order": "--gptq-act-order",
+    "gptq": "--gptq", "gptq_act_order": "--gptq-act-order", "gptq_asymmetric": "--gptq-asymmetric",
     "gptq_refine_rounds": "--gptq-refine-rounds", "mse_clipping": "--mse-clipping", "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
     "sample_length": "--sample-length", "ignored_scope": "--ignored-scope",
 }
@@ -191,7 +194,7 @@ def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None
                       ("all_layers", "all_layers"), ("sensitivity_metric", "sensitivity_metric"),
                       ("group_size_fallback", "group_size_fallback"), ("awq", "awq"),
                       ("scale_estimation", "scale_estimation"), ("gptq", "gptq"), ("gptq_act_order", "gptq_act_order"),
-                      ("gptq_refine_rounds", "gptq_refine_rounds"), ("mse_clipping", "mse_clipping"),
+                      ("gptq_asymmetric", "gptq_asymmetric"), ("gptq_refine_rounds", "gptq_refine_rounds"), ("mse_clipping", "mse_clipping"),
                       ("lora_correction", "lora_correction"),
                       ("num_samples", "subset_size"), ("dataset", "dataset"), ("lora_rank", "lora_rank"),
                       ("sample_length", "sample_length")):

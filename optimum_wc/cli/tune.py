@@ -14,8 +14,8 @@ def add_tune_parser(sub) -> argparse.ArgumentParser:
         "tune", help="find and export the smallest compressed model within a perplexity budget",
         description="Search compression configs (INT8, INT4 asym/sym with group sizes 128/64/32 and ratios "
                     "1.0/0.9/0.8; "
-                    "round to nearest first, then AWQ + scale estimation, GPTQ + scale estimation + act-order and its "
-                    "refinement only where they can win) for the smallest model whose perplexity on held-out text is "
+                    "round to nearest first, then GPTQ + scale estimation + act-order + GPTAQ only where it can "
+                    "win) for the smallest model whose perplexity on held-out text is "
                     "within the budget of the float model's; export it to OUT with the table of every candidate "
                     "(tune_candidates.md/.json) and a plot of size against perplexity (tune_pareto.png).")
     p.add_argument("model", metavar="MODEL", help="a Transformers checkpoint folder, or a float OpenVINO IR folder")

@@ -19,7 +19,7 @@ from .choices import (
     SensitivityMetric,
 )
 
-_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping")
+_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping", "gptq_asymmetric")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class WeightCompressionConfig:
     ``mse_clipping``: layers rounded to nearest in a 2-4 bit integer mode take
     each group's clipped range with the smallest weight error
     (:mod:`optimum_wc.quant.clipping`; data-free; not in NNCF).
+    ``gptq_asymmetric``: GPTAQ's asymmetric calibration: each layer quantized
+    on the partially compressed model's inputs ``X~`` aims at the *float*
+    layer's output on the float model's inputs ``X``, ``min ||X W^T - X~ Q^T||``
+    (GPTQ on :func:`optimum_wc.quant.gptq.asymmetric_target`; the float model
+    runs beside the compressed one in every layer-wise pass; not in NNCF).
     """
 
     mode: CompressWeightsMode = CompressWeightsMode.INT8_ASYM
@@ -64,6 +69,7 @@ class WeightCompressionConfig:
     gptq_act_order: bool = False
     gptq_refine_rounds: int = 0
     mse_clipping: bool = False
+    gptq_asymmetric: bool = False
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -287,6 +293,10 @@ def _check_data_options(c: WeightCompressionConfig) -> None:
         raise ConfigError(f"gptq_act_order={c.gptq_act_order!r} must be True or False.")
     if c.gptq_act_order and not c.gptq:
         raise ConfigError("gptq_act_order=True orders GPTQ's columns, but gptq=False; set gptq=True as well.")
+    if not isinstance(c.gptq_asymmetric, bool):
+        raise ConfigError(f"gptq_asymmetric={c.gptq_asymmetric!r} must be True or False.")
+    if c.gptq_asymmetric and not c.gptq:
+        raise ConfigError("gptq_asymmetric=True changes GPTQ's target, but gptq=False; set gptq=True as well.")
     if not isinstance(c.mse_clipping, bool):
         raise ConfigError(f"mse_clipping={c.mse_clipping!r} must be True or False.")
     if c.mse_clipping and not (c.mode.is_integer and c.mode.num_bits <= 4):

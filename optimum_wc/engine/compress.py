@@ -97,6 +97,8 @@ def compress_model(
         for rec in apply_awq(ov_model, plans, stats, config.mode, lazy=not step.layerwise):
             logger.debug("AWQ %s", rec)
 
+    # GPTAQ: the model as it is now (AWQ applied, nothing compressed) is the float reference of the passes
+    reference = ov_model.clone() if config.gptq_asymmetric and step.layerwise else None
     records = {id(p): p.record() for p in plans}
     apply = _GraphWriter(ov_model, records, spill)
     step_data = StepData(stats, lora_rank=config.lora_rank, act_order=config.gptq_act_order,
@@ -107,7 +109,7 @@ def compress_model(
     _compress_now(now, step_of, step_data, apply, progress)
     if deferred:
         prepare = lambda p: LayerInput(p, read_weight(p.site), step.adapters and apply.adapter_ready(p))  # noqa: E731
-        compress_layerwise(ov_model, deferred, step, step_data, samples, prepare, apply, progress)
+        compress_layerwise(ov_model, deferred, step, step_data, samples, prepare, apply, progress, reference)
 
     for p in plans:  # a weight left float (e.g. ignored) that an AWQ absorber edited: make its edits now
         if p.site.const is not None and p.site.pending:

@@ -40,10 +40,13 @@ def compress_layerwise(
     prepare: Callable[[LayerPlan], LayerInput],
     apply: Callable[[LayerPlan, LayerOutput], None],
     progress: bool = False,
+    reference=None,
 ) -> None:
     """Run ``step`` on ``plans`` pass by pass; ``prepare`` reads a layer, ``apply`` writes its result into the graph.
 
-    ``data`` carries the statistics; each input's Hessian is added here.
+    ``data`` carries the statistics; each input's Hessian is added here,
+    and with ``reference`` (the model before compression) GPTAQ's
+    float-against-quantized term (:class:`~optimum_wc.calibration.hessians.LayerwiseHessians`).
     """
     nodes = ops_by_name(model)
     position = topological_positions(model)
@@ -57,11 +60,11 @@ def compress_layerwise(
 
         bar = tqdm(total=len(plans), desc=step.label or step.name, unit="layer")
     passes = [order[start : start + SOURCES_PER_PASS] for start in range(0, len(order), SOURCES_PER_PASS)]
-    layerwise = LayerwiseHessians(model, passes, samples)
+    layerwise = LayerwiseHessians(model, passes, samples, reference=reference)
     for j, batch in enumerate(passes):
         hessians = layerwise.collect(j)
         for key in batch:
-            input_data = replace(data, hessian=hessians[key].hessian)  # shared by the layers of this input
+            input_data = replace(data, hessian=hessians[key].hessian, cross=hessians[key].cross_term)  # shared
             for members in same_grid(groups[key]):
                 outputs = step.run([prepare(p) for p in members], input_data)
                 for p, out in zip(members, outputs):

@@ -65,6 +65,7 @@ class StepData:
     act_order: bool = False  # GPTQ's column order (WeightCompressionConfig.gptq_act_order)
     refine_rounds: int = 0  # WeightCompressionConfig.gptq_refine_rounds
     clip: bool = False  # WeightCompressionConfig.mse_clipping
+    cross: np.ndarray | None = None  # GPTAQ's float-against-quantized term of the layers' input (layer-wise steps)
 
     @functools.cached_property
     def whitening(self) -> np.ndarray:
@@ -138,7 +139,7 @@ def _gptq(scale_estimation: bool) -> Callable[[Sequence[LayerInput], StepData], 
         cws = gptq_quantize_layers([x.weight for x in layers], [x.plan.site.reduction_axis for x in layers],
                                    data.hessian, first.mode, first.group_size, scale_estimation=scale_estimation,
                                    codebook=first.codebook, act_order=data.act_order,
-                                   refine_rounds=data.refine_rounds)
+                                   refine_rounds=data.refine_rounds, cross=data.cross)
         return [LayerOutput(cw) for cw in cws]
 
     return run

@@ -32,7 +32,8 @@ class Probe:
     * ``moments``: per sample, over tokens, ``sum x``, ``sum x^2``, ``sum |x|``, ``max |x|``: ``[batch, 4, C]``;
     * ``gram_block``: the block diagonal of ``X^T X`` over all tokens, blocks of that size: ``[C/b, b, b]``;
     * ``rows``: ``X`` at the token positions fed to the :data:`ROWS_INPUT` input: ``[batch, k, C]``;
-    * ``xtx``: the full ``X^T X`` over all tokens: ``[C, C]``.
+    * ``xtx``: the full ``X^T X`` over all tokens: ``[C, C]``;
+    * ``raw``: ``X`` itself, ``[batch, tokens, C]``.
     """
 
     source: tuple[str, int]
@@ -40,6 +41,7 @@ class Probe:
     gram_block: int = 0
     rows: bool = False
     xtx: bool = False
+    raw: bool = False
 
 
 def _drop_state(model) -> bool:
@@ -123,6 +125,8 @@ def statistics_model(model, probes: Iterable[Probe], boundary_in: str | None = N
         if probe.xtx:
             flat = ops.reshape(x3, ops.constant(np.array([-1, channels], np.int64)), False)
             emit((probe.source, "xtx"), ops.matmul(flat, flat, transpose_a=True, transpose_b=False))
+        if probe.raw:
+            emit((probe.source, "raw"), x3)
     if boundary_out is not None:
         emit(("boundary", "boundary"), by_name[boundary_out].output(0))
     sinks = [] if stateless else list(m.get_sinks())

@@ -74,6 +74,9 @@ def quantize_column(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mod
     return np.clip(np.rint(q), low, high)
 
 
+GPTAQ_ALPHA = 0.25  # share of the asymmetric correction applied (the GPTAQ authors' implementation)
+
+
 def dead_channels(hessian: np.ndarray) -> np.ndarray:
     return np.diag(hessian) == 0
 
@@ -102,6 +105,23 @@ def inverse_hessian_factor(hessian: np.ndarray, percdamp: float = PERCDAMP) -> n
                 return np.ascontiguousarray(inv[::-1, ::-1])
         damp = damp * 10 if damp > 0 else 1e-8
     raise np.linalg.LinAlgError("the layer Hessian stays singular even with strong damping")
+
+
+def asymmetric_target(w: np.ndarray, cross: np.ndarray, factor: np.ndarray, alpha: float = GPTAQ_ALPHA) -> np.ndarray:
+    """GPTAQ's target ``W* = W + alpha W P (H + lambda I)^-1`` for ``w [out, in]``.
+
+    Objective: the quantized layer fed the *quantized* model's inputs ``X~``
+    should reproduce the *float* layer fed the float model's inputs ``X``,
+    ``min_Q ||X W^T - X~ Q^T||^2``.  With ``H = X~^T X~`` and
+    ``P = (X - X~)^T X~`` (both scaled by ``2/N``), that equals GPTQ's
+    ``||X~ (W* - Q)^T||^2`` (``alpha = 1``) up to a constant (Li et al.,
+    GPTAQ, ICML 2025), so GPTQ run on ``W*`` with ``H`` minimises it.
+    ``factor``: GPTQ's damped inverse factor (:func:`inverse_hessian_factor`,
+    ``U^T U = (H + lambda I)^-1``).  ``alpha`` applies a share of the
+    correction, as the authors' implementation does (0.25): the full
+    correction chases drift estimated on a few thousand tokens.
+    """
+    return w + alpha * (((w @ np.asarray(cross, dtype=np.float64)) @ factor.T) @ factor)
 
 
 def estimated_group_params(w: np.ndarray, gram: np.ndarray, mode: CompressWeightsMode,
@@ -218,6 +238,7 @@ def gptq_quantize_layers(
     codebook: np.ndarray | None = None,
     act_order: bool = False,
     refine_rounds: int = 0,
+    cross: np.ndarray | None = None,
 ) -> list[CompressedWeight]:
     """GPTQ compression of 2-D weights that read the same input (Hessian ``H [in, in]``), each reduced along its axis.
 
@@ -235,6 +256,9 @@ def gptq_quantize_layers(
 
     ``refine_rounds`` (integer modes): after GPTQ, rounds of
     :func:`refine_codes_and_scales` on the same objective.
+
+    ``cross`` (``P = 2/N (X - X~)^T X~``, the float model's inputs against
+    these): GPTAQ, every step aims at :func:`asymmetric_target` instead of ``W``.
     """
     if refine_rounds and not mode.is_integer:
         raise ValueError(f"rounding refinement is for integer modes, not for {mode.value}")
@@ -256,19 +280,26 @@ def gptq_quantize_layers(
     w2 = np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
     w = np.array(w2, dtype=np.float64)
     w[:, dead_channels(h)] = 0.0
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else None
+    hp = h[np.ix_(perm, perm)] if act_order else h
+    factor = inverse_hessian_factor(hp, percdamp)  # of H in the order the columns are quantized
+    if cross is not None:
+        if act_order:  # (W P H^-1)[:, perm] = W[:, perm] P[perm, perm] H[perm, perm]^-1
+            w[:, perm] = asymmetric_target(w[:, perm], np.asarray(cross)[np.ix_(perm, perm)], factor)
+        else:
+            w = asymmetric_target(w, cross, factor)
+        w[:, dead_channels(h)] = 0.0
+        w2 = w.copy()  # scale refits aim at the same target
     target = w.copy() if refine_rounds else None  # the GPTQ loop updates w in place
     estimate = h if scale_estimation and group_size != -1 else None
     if act_order:
-        perm = np.argsort(-np.diag(h), kind="stable")
         scales, zps = static_group_params(w, mode, group_size, estimate, codebook)
-        hp = h[np.ix_(perm, perm)]
-        codes_p, _, _ = gptq_codes(np.ascontiguousarray(w[:, perm]), inverse_hessian_factor(hp, percdamp), mode,
+        codes_p, _, _ = gptq_codes(np.ascontiguousarray(w[:, perm]), factor, mode,
                                    group_size, block_size, codebook=codebook, static=(scales, zps, perm // gs))
         codes = np.empty_like(codes_p)
         codes[:, perm] = codes_p
     else:
-        codes, scales, zps = gptq_codes(w, inverse_hessian_factor(h, percdamp), mode, group_size, block_size,
-                                        hessian=estimate, codebook=codebook)
+        codes, scales, zps = gptq_codes(w, factor, mode, group_size, block_size, hessian=estimate, codebook=codebook)
     qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     if scale_estimation:
         scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)
@@ -320,8 +351,9 @@ def gptq_quantize(
     codebook: np.ndarray | None = None,
     act_order: bool = False,
     refine_rounds: int = 0,
+    cross: np.ndarray | None = None,
 ) -> CompressedWeight:
     """GPTQ compression of one 2-D ``weight`` reduced along ``axis`` with the layer Hessian ``H [in, in]``."""
     return gptq_quantize_layers([weight], [axis], hessian, mode, group_size, scale_estimation=scale_estimation,
                                 percdamp=percdamp, block_size=block_size, codebook=codebook, act_order=act_order,
-                                refine_rounds=refine_rounds)[0]
+                                refine_rounds=refine_rounds, cross=cross)[0]

@@ -15,7 +15,7 @@ quality is taken to grow with size (more bits, smaller groups).
    close: ``need = (ppl_rtn - max_ppl) / (ppl_rtn - ppl_float)``.  The scan
    stops at the first layout that passes, so every probe but the last is a
    failure, and only the strongest method can settle a failure: each layout
-   gets the strongest method (the last of ``methods``) alone.  A layout whose
+   gets the strongest method (the last of ``methods``: GPTQ + SE + act-order + GPTAQ) alone.  A layout whose
    need exceeds the closure the strongest method has reached so far (plus
    ``CLOSURE_SLACK`` for noise), or ``max_closure`` before it ran, fails
    without a run: the gain of a method is roughly a share of the gap,
@@ -126,7 +126,8 @@ class Search:
 
         Returns the probes and whether the bisection is still going (layouts in that interval not run yet).
         """
-        failed = [i for i, lay in enumerate(self.order) if self._rtn(lay) is not None and not self.within(self._rtn(lay))]
+        failed = [i for i, lay in enumerate(self.order)
+                  if self._rtn(lay) is not None and not self.within(self._rtn(lay))]
         lo = max(failed, default=-1)
         open_ = [lay for lay in self._open() if self.order.index(lay) > lo and self._rtn(lay) is None]
         free = [lay for lay in open_ if Candidate(lay).name not in busy]

@@ -28,6 +28,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "awq_se": {"awq": True, "scale_estimation": True},
     "gptq_se_ao": {"gptq": True, "scale_estimation": True, "gptq_act_order": True},
     "gptq_se_ao_r3": {"gptq": True, "scale_estimation": True, "gptq_act_order": True, "gptq_refine_rounds": 3},
+    # the strongest (last): GPTAQ on top of GPTQ + SE + act-order (SmolLM2 INT4 g128: 25.14 against r3's 25.32)
+    "gptq_se_ao_aq": {"gptq": True, "scale_estimation": True, "gptq_act_order": True, "gptq_asymmetric": True},
 }
 DATA_AWARE_METHODS = tuple(m for m in METHODS if m != "rtn")
 INT4_MODES = (CompressWeightsMode.INT4_ASYM, CompressWeightsMode.INT4_SYM)
