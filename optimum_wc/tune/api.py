@@ -309,14 +309,15 @@ def _summary(search: Search, order: list[Outcome], settings: TuneSettings, float
 def _materialize(best: Outcome, work: _Work, output: Path, calib: dict[str, Any], base_job: dict[str, Any],
                  summary: dict[str, Any]) -> None:
     """Move the chosen candidate's folder to ``output`` (compressed again if it was not kept), tables beside it."""
-    from .runner import run_candidate
+    from ..evaluation import ir_size
+    from .runner import compress_candidate
 
     key, job = _job(best.candidate, base_job, calib, work)
     folder = work.candidates / key
     if not (folder / IR_XML).is_file():  # a Ray task's folder on another node, or a resumed run's
-        figures = run_candidate(job)
-        if figures["size_bytes"] != best.size_bytes:
-            raise TuneError(f"compressing {best.candidate.name} again gave {figures['size_bytes']} bytes, not the "
+        compress_candidate(job)  # deterministic: the bytes that were measured
+        if ir_size(folder) != best.size_bytes:
+            raise TuneError(f"compressing {best.candidate.name} again gave {ir_size(folder)} bytes, not the "
                             f"{best.size_bytes} it gave during the search; delete {work.root} and tune again.")
     with staging_dir(output) as tmp:
         shutil.move(str(folder), str(tmp / "out"))

@@ -24,12 +24,11 @@ from .space import Candidate
 RESULT_SUFFIX = ".json"
 
 
-def run_candidate(job: dict[str, Any]) -> dict[str, Any]:
-    """Compress the float IR with the job's config into ``job["out"]``, evaluate it, and return the figures."""
+def compress_candidate(job: dict[str, Any]) -> dict[str, Any]:
+    """Compress the float IR with the job's config into ``job["out"]``; the compression report and its seconds."""
     import numpy as np
 
     from ..config import WeightCompressionConfig
-    from ..evaluation import evaluate_many, ir_size
     from ..export.pipeline import compress_ir_folder
 
     config = WeightCompressionConfig.from_dict(job["config"])
@@ -40,7 +39,16 @@ def run_candidate(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     report = compress_ir_folder(job["float_ir"], job["out"], config, dataset=dataset,
                                 statistics_path=job.get("statistics_path"))
-    seconds = time.perf_counter() - start
+    return dict(report, seconds=time.perf_counter() - start)
+
+
+def run_candidate(job: dict[str, Any]) -> dict[str, Any]:
+    """Compress the float IR with the job's config into ``job["out"]``, evaluate it, and return the figures."""
+    import numpy as np
+
+    from ..evaluation import evaluate_many, ir_size
+
+    report = compress_candidate(job)
     tokens = np.load(job["eval_tokens"])
     reference = np.load(job["reference_argmax"]) if job.get("reference_argmax") else None
     result = evaluate_many({"model": Path(job["out"])}, tokens, window=job["window"],
@@ -49,7 +57,7 @@ def run_candidate(job: dict[str, Any]) -> dict[str, Any]:
         "size_bytes": ir_size(job["out"]),
         "perplexity": result.perplexity,
         "top1_agreement": result.top1_agreement,
-        "compress_seconds": round(seconds, 3),
+        "compress_seconds": round(report["seconds"], 3),
         "compress_stage_seconds": report.get("timings", {}).get("compress_s"),
         "peak_rss_bytes": report.get("resources", {}).get("peak_rss_bytes"),
     }
