@@ -298,3 +298,14 @@ def test_cli_tune_data_free(llama_ir, tmp_path):
     assert "Chosen: " in result.stdout and "| 1 | " in result.stdout
     chosen = json.loads((tmp_path / "out" / "tune_candidates.json").read_text())["chosen"]
     assert chosen in result.stdout and not (tmp_path / "work").exists()
+
+
+def test_unreachable_ray_cluster_fails_before_any_work(llama_ir, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from optimum_wc.errors import OptimumWCError
+    from optimum_wc.tune import tune_model
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(OptimumWCError, match="cannot connect to the Ray cluster at 'auto'.*--ray local"):
+        tune_model(llama_ir.parent, tmp_path / "out", _settings(tmp_path, ray="auto", data_aware=False))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

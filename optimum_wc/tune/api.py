@@ -161,6 +161,9 @@ def tune_model(model: str | Path, output: str | Path, settings: TuneSettings, *,
     say = say or logger.info
     start = time.monotonic()
     output = Path(output)
+    # first: a Ray address that does not answer is reported before minutes of export and evaluation
+    runner = RayRunner(settings.ray, settings.jobs if settings.jobs > 1 else None) if settings.ray else \
+        LocalRunner(settings.jobs)
     work = _Work(Path(settings.work_dir) if settings.work_dir else output.parent / f"{output.name}.tune")
     float_ir = _float_ir(model, work, trust_remote_code, say)
     tokenizer = load_tokenizer(float_ir)
@@ -187,7 +190,7 @@ def tune_model(model: str | Path, output: str | Path, settings: TuneSettings, *,
                 "window": settings.window, "statistics_dir": str(work.root / "statistics")}
     np.save(work.root / "eval_tokens.npy", tokens)
     order: list[Outcome] = []
-    stopped = _run_search(search, work, settings, base_job, calib_fields, order, progress, say, start)
+    stopped = _run_search(runner, search, work, settings, base_job, calib_fields, order, progress, say, start)
     summary = _summary(search, order, settings, float_ppl, max_ppl, float_size, text_source(settings), len(tokens),
                        calib_fields)
     best = search.best()
@@ -221,11 +224,9 @@ def _job(candidate: Candidate, base: dict[str, Any], calib: dict[str, Any], work
     return key, job
 
 
-def _run_search(search: Search, work: _Work, settings: TuneSettings, base_job: dict, calib: dict,
+def _run_search(runner, search: Search, work: _Work, settings: TuneSettings, base_job: dict, calib: dict,
                 order: list[Outcome], progress: bool, say, start: float) -> bool:
     """Propose, run and record candidates until the search is over; True if the time budget stopped it."""
-    runner = RayRunner(settings.ray, settings.jobs if settings.jobs > 1 else None) if settings.ray else \
-        LocalRunner(settings.jobs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
