@@ -64,7 +64,7 @@ class _PassRunner:
     """One model's passes: each from the cached boundary values of the previous one (per batch)."""
 
     def __init__(self, model, passes: Sequence[Sequence[tuple[str, int]]], precision: str):
-        self.model, self.passes, self.precision = model, passes, precision
+        self.model, self.precision = model, precision
         self.boundaries = pass_boundaries(model, passes)
         self.cached: list[np.ndarray] | None = None  # boundary values of the previous pass, per batch
 

@@ -305,7 +305,7 @@ def gptq_quantize_layers(
         scales = refit_scales(np.asarray(w2, dtype=np.float64), qz, scales, h, group_size)
     if refine_rounds:
         codes, scales = refine_codes_and_scales(target, codes, scales, zps, h, mode, group_size, refine_rounds,
-                                                np.argsort(-np.diag(h), kind="stable") if act_order else None)
+                                                perm)
         qz = codes - np.repeat(zps, gs, axis=1) if zps is not None else codes
     out, offset = [], 0
     for weight, axis, r in zip(weights, axes, rows):

@@ -233,6 +233,7 @@ def _run_search(runner, search: Search, work: _Work, settings: TuneSettings, bas
 
         bar = tqdm(desc="Tune", unit="candidate")
     kept: dict[str, str] = {}  # candidate name -> key of a kept candidate folder (the best so far)
+    keys: dict[str, str] = {}  # candidate name -> cache key, of the candidates running
     try:
         while True:
             remaining = None if settings.time_budget is None else settings.time_budget - (time.monotonic() - start)
@@ -252,12 +253,13 @@ def _run_search(runner, search: Search, work: _Work, settings: TuneSettings, bas
                     continue
                 say(f"Trying {candidate.name}")
                 runner.submit(candidate, job, work.jobs / f"{key}.json")
+                keys[candidate.name] = key
             if hit:
                 continue
             if not runner.running:
                 return False
             for candidate, figures in runner.wait(timeout=remaining):
-                key = candidate.key(calib)
+                key = keys.pop(candidate.name)
                 known = {"size_bytes", "perplexity", "top1_agreement", "compress_seconds", "error"}
                 outcome = Outcome(candidate, **{k: figures.get(k) for k in known},
                                   extra={k: v for k, v in figures.items() if k not in known})
