@@ -309,3 +309,15 @@ def test_unreachable_ray_cluster_fails_before_any_work(llama_ir, tmp_path, monke
     with pytest.raises(OptimumWCError, match="cannot connect to the Ray cluster at 'auto'.*--ray local"):
         tune_model(llama_ir.parent, tmp_path / "out", _settings(tmp_path, ray="auto", data_aware=False))
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_compressed_ir_is_refused_before_any_work(llama_ir, tmp_path):
+    from optimum_wc.config import WeightCompressionConfig
+    from optimum_wc.export.pipeline import compress_ir_folder
+    from optimum_wc.tune import TuneError, tune_model
+
+    compressed = tmp_path / "int8"
+    compress_ir_folder(llama_ir.parent, compressed, WeightCompressionConfig())
+    with pytest.raises(TuneError, match="already compressed by optimum-wc; pass the float IR"):
+        tune_model(compressed, tmp_path / "out", _settings(tmp_path, data_aware=False))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

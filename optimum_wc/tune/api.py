@@ -85,6 +85,19 @@ class _Work:
         tmp.replace(self.results / f"{key}.json")
 
 
+def _check_float_ir(model: str | Path) -> None:
+    """An IR folder given as the model must be float: candidates are compressed from it."""
+    path = Path(model)
+    if path.is_dir() and (path / IR_XML).is_file():
+        import openvino as ov
+
+        from ..ir.rt_info import read_rt_info
+
+        if read_rt_info(ov.Core().read_model(path / IR_XML)) is not None:
+            raise TuneError(f"{path} was already compressed by optimum-wc; pass the float IR or the Transformers "
+                            "checkpoint it was made from.")
+
+
 def _float_ir(model: str | Path, work: _Work, trust_remote_code: bool, say) -> Path:
     """The float IR folder: ``model`` itself when it is one, else exported once into the work folder."""
     from ..export.pipeline import export_folder
@@ -162,6 +175,7 @@ def tune_model(model: str | Path, output: str | Path, settings: TuneSettings, *,
     start = time.monotonic()
     output = Path(output)
     # first: a Ray address that does not answer is reported before minutes of export and evaluation
+    _check_float_ir(model)
     runner = RayRunner(settings.ray, settings.jobs if settings.jobs > 1 else None) if settings.ray else \
         LocalRunner(settings.jobs)
     work = _Work(Path(settings.work_dir) if settings.work_dir else output.parent / f"{output.name}.tune")
