@@ -133,6 +133,10 @@ DATA_FREE_CONFIGS: tuple[BenchConfig, ...] = (
     # issue 15: data-free clipping (ours only; NNCF's side is its round to nearest)
     BenchConfig("int4_asym_g128_r1.0_clip", "int4_asym", group_size=128, ratio=1.0, ours_options=(("mse_clipping", True),)),
     BenchConfig("int4_sym_g128_r1.0_clip", "int4_sym", group_size=128, ratio=1.0, ours_options=(("mse_clipping", True),)),
+    # issue 15: data-free full range (ours only; NNCF's side is its round to nearest)
+    BenchConfig("int4_asym_g128_r1.0_full", "int4_asym", group_size=128, ratio=1.0, ours_options=(("full_range", True),)),
+    BenchConfig("int4_asym_g64_r1.0_full", "int4_asym", group_size=64, ratio=1.0, ours_options=(("full_range", True),)),
+    BenchConfig("int4_asym_g32_r1.0_full", "int4_asym", group_size=32, ratio=1.0, ours_options=(("full_range", True),)),
 )
 
 # Every other NNCF format, data-free, at NNCF's default group size and backup precision (issue 13).

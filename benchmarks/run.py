@@ -281,8 +281,9 @@ def notes_text(args: argparse.Namespace, configs: Sequence[BenchConfig] = ()) ->
                         "benchmark works, they say nothing about either engine.")
     elif args.model is None:
         notes.insert(0, "SmolLM2-135M-Instruct's weights come from a GGUF Q4_1 file (4-bit asymmetric, blocks of 32), "
-                        "so INT4_ASYM with group size 32 would be nearly lossless on it; the configs here use group "
-                        "sizes 64/128 and INT4_SYM, where the grid does not line up.")
+                        "so INT4_ASYM with group size 32 matches its blocks (not losslessly: a block's float minimum is "
+                        "not an integer zero point; round to nearest gives 29.9 there, not the float 24.2); group "
+                        "sizes 64/128 and INT4_SYM do not line up with its grid at all.")
         notes.insert(1, "SmolLM2's hidden size 576 is not a multiple of 128: with the ADJUST group-size fallback "
                         "(both engines) the layers that read the hidden state (q/k/v/o, gate, up) use group size 64 "
                         "in the g128 configs; only down_proj (1536 inputs) keeps 128.")

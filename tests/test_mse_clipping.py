@@ -45,7 +45,7 @@ def reference_scale(group: np.ndarray, mode) -> tuple[float, float]:
 @pytest.mark.parametrize("mode", MODES)
 def test_clipping_equals_a_brute_force_search(mode):
     w = heavy_tailed(1, (6, 64))
-    cw = quantize(w, mode, 32, 1, clip=True)
+    cw = quantize(w, mode, 32, 1, ranges="mse")
     for r in range(6):
         for g in range(2):
             s, z = reference_scale(w[r, g * 32 : (g + 1) * 32], mode)
@@ -58,7 +58,7 @@ def test_clipping_equals_a_brute_force_search(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_no_group_error_exceeds_round_to_nearest(mode, gs):
     w = heavy_tailed(2)
-    rtn, clipped = quantize(w, mode, gs, 1), quantize(w, mode, gs, 1, clip=True)
+    rtn, clipped = quantize(w, mode, gs, 1), quantize(w, mode, gs, 1, ranges="mse")
     size = w.shape[1] if gs == -1 else gs
     a, b = group_errors(w, rtn, size), group_errors(w, clipped, size)
     assert np.all(b <= a * (1 + 1e-6)), np.max(b / a)
@@ -68,8 +68,8 @@ def test_no_group_error_exceeds_round_to_nearest(mode, gs):
 
 def test_large_weights_split_into_blocks_give_the_same_result():
     w = heavy_tailed(3, (1100, 512))  # more than two blocks of 2^18 elements
-    whole = quantize(w[:40], M.INT4_ASYM, 64, 1, clip=True)
-    split = quantize(w, M.INT4_ASYM, 64, 1, clip=True)
+    whole = quantize(w[:40], M.INT4_ASYM, 64, 1, ranges="mse")
+    split = quantize(w, M.INT4_ASYM, 64, 1, ranges="mse")
     assert np.array_equal(split.codes[:40], whole.codes) and np.array_equal(split.scale[:40], whole.scale)
 
 

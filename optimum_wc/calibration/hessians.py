@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..ir.probes import BOUNDARY_INPUT, Probe, pass_boundaries, statistics_model
+from ..ir.probes import BOUNDARY_INPUT, Probe, pass_boundaries, reference_input, statistics_model
 from ..ir.sites import activation_channels, ops_by_name
 from . import statistics
 from .runners import StatisticsRunner
@@ -42,12 +42,11 @@ class InputHessian:
         self.n_tokens += tokens
         self.xtx += xtx
 
-    def add_cross(self, x: np.ndarray, x_float: np.ndarray) -> None:
-        """Add ``(X_float - X)^T X`` of one batch (``[..., channels]`` each, the same tokens)."""
-        q = np.asarray(x, dtype=np.float32).reshape(-1, self.channels)
-        d = np.asarray(x_float, dtype=np.float32).reshape(-1, self.channels) - q
-        part = (d.T @ q).astype(np.float64)
-        self.cross = part if self.cross is None else self.cross + part
+    def add_cross(self, part: np.ndarray) -> None:
+        """Add ``(X_float - X)^T X`` of one batch (computed in the statistics graph, ``Probe.cross``)."""
+        if self.cross is None:
+            self.cross = np.zeros((self.channels, self.channels), dtype=np.float64)
+        self.cross += part  # float64 sums, converted element by element (no float64 copy of the batch's part)
 
     @property
     def hessian(self) -> np.ndarray:
@@ -75,8 +74,11 @@ class _PassRunner:
         self._start, self._end, self._next_cache = start, self.boundaries[j], []
         return StatisticsRunner(model, self.precision), layout
 
-    def run(self, runner, layout, number: int, ids: np.ndarray) -> list[np.ndarray]:
-        extra = {BOUNDARY_INPUT: self.cached[number]} if self._start is not None else None
+    def run(self, runner, layout, number: int, ids: np.ndarray,
+            extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        extra = dict(extra or {})
+        if self._start is not None:
+            extra[BOUNDARY_INPUT] = self.cached[number]
         outputs = runner.run(ids, extra)
         if self._end is not None:
             self._next_cache.append(outputs[layout[("boundary", "boundary")]])
@@ -97,8 +99,9 @@ class LayerwiseHessians:
     :func:`optimum_wc.ir.probes.pass_boundaries`), so the inputs it sees are
     exactly those of the partially compressed model.  With ``reference``
     (the model before any compression) the same passes run on it as well,
-    batch by batch in step, and each input also gets
-    :meth:`InputHessian.add_cross` (GPTAQ's float-against-quantized term).
+    batch by batch in step: its activations are fed to the compressed
+    model's pass, whose graph also reduces GPTAQ's float-against-quantized
+    term ``(X_float - X)^T X`` (:meth:`InputHessian.add_cross`).
     """
 
     def __init__(self, model, passes: Sequence[Sequence[tuple[str, int]]], samples: Sequence[np.ndarray],
@@ -119,18 +122,22 @@ class LayerwiseHessians:
             raise RuntimeError(f"passes run in order: expected pass {self._next}, got {j}")
         self._next += 1
         asym = len(self._runs) > 1
-        own = self._runs[0].start(j, [Probe(source, xtx=True, raw=asym) for source in self.passes[j]])
-        ref = self._runs[1].start(j, [Probe(source, raw=True) for source in self.passes[j]]) if asym else None
+        sources = self.passes[j]
+        own = self._runs[0].start(j, [Probe(source, xtx=True, cross=asym) for source in sources])
+        ref = self._runs[1].start(j, [Probe(source, raw=True) for source in sources]) if asym else None
         nodes = ops_by_name(self.model)
-        out = {source: InputHessian(activation_channels(nodes, source)) for source in self.passes[j]}
+        out = {source: InputHessian(activation_channels(nodes, source)) for source in sources}
         for number, batch in enumerate(self.batches):
             ids = stack_samples(self.samples, batch)
-            outputs = self._runs[0].run(*own, number, ids)
-            floats = self._runs[1].run(*ref, number, ids) if asym else None
-            for source in self.passes[j]:
+            feed = None
+            if asym:
+                floats = self._runs[1].run(*ref, number, ids)
+                feed = {reference_input(k): floats[ref[1][(s, "raw")]] for k, s in enumerate(sources)}
+            outputs = self._runs[0].run(*own, number, ids, feed)
+            for source in sources:
                 out[source].add(outputs[own[1][(source, "xtx")]], ids.size)
                 if asym:
-                    out[source].add_cross(outputs[own[1][(source, "raw")]], floats[ref[1][(source, "raw")]])
+                    out[source].add_cross(outputs[own[1][(source, "cross")]])
         for run in self._runs:
             run.finish()
         return out

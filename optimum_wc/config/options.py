@@ -19,7 +19,7 @@ from .choices import (
     SensitivityMetric,
 )
 
-_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping", "gptq_asymmetric")
+_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping", "gptq_asymmetric", "full_range")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class WeightCompressionConfig:
     ``mse_clipping``: layers rounded to nearest in a 2-4 bit integer mode take
     each group's clipped range with the smallest weight error
     (:mod:`optimum_wc.quant.clipping`; data-free; not in NNCF).
+    ``full_range``: layers rounded to nearest in a 2-4 bit *asymmetric* mode
+    take the smallest step whose grid (integer zero point) covers each
+    group's whole range, so no weight is clipped: round to nearest rounds the
+    zero point and so clips one end of the range, pulling its largest weights
+    towards zero by up to half a step
+    (:func:`optimum_wc.quant.clipping.full_range_params`; data-free; not in NNCF).
     ``gptq_asymmetric``: GPTAQ's asymmetric calibration: each layer quantized
     on the partially compressed model's inputs ``X~`` aims at the *float*
     layer's output on the float model's inputs ``X``, ``min ||X W^T - X~ Q^T||``
@@ -70,6 +76,7 @@ class WeightCompressionConfig:
     gptq_refine_rounds: int = 0
     mse_clipping: bool = False
     gptq_asymmetric: bool = False
+    full_range: bool = False
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -112,6 +119,11 @@ class WeightCompressionConfig:
         if self.dataset is not None:
             return SensitivityMetric.MAX_ACTIVATION_VARIANCE
         return SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
+
+    @property
+    def range_rule(self) -> str | None:
+        """How layers rounded to nearest choose their range: ``"mse"``, ``"full"`` or None (round to nearest's own)."""
+        return "mse" if self.mse_clipping else "full" if self.full_range else None
 
     @property
     def data_aware_algorithms(self) -> tuple[str, ...]:
@@ -302,6 +314,14 @@ def _check_data_options(c: WeightCompressionConfig) -> None:
     if c.mse_clipping and not (c.mode.is_integer and c.mode.num_bits <= 4):
         raise ConfigError(f"mse_clipping=True clips integer grids of 2-4 bits; mode={c.mode.value} has none: set "
                           "mse_clipping=False or use int4_asym, int4_sym, int3_sym or int2_sym.")
+    if not isinstance(c.full_range, bool):
+        raise ConfigError(f"full_range={c.full_range!r} must be True or False.")
+    if c.full_range and not (c.mode.is_integer and c.mode.is_asym and c.mode.num_bits <= 4):
+        raise ConfigError(f"full_range=True chooses the zero point of asymmetric 2-4 bit grids; mode={c.mode.value} has "
+                          "none: set full_range=False or use int4_asym.")
+    if c.full_range and c.mse_clipping:
+        raise ConfigError("full_range=True keeps each group's whole range and mse_clipping=True shrinks it; "
+                          "set one of them to False.")
     rounds = c.gptq_refine_rounds
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ConfigError(f"gptq_refine_rounds={rounds!r} must be an integer >= 0 (rounds of refinement after GPTQ), "

@@ -102,7 +102,7 @@ def compress_model(
     records = {id(p): p.record() for p in plans}
     apply = _GraphWriter(ov_model, records, spill)
     step_data = StepData(stats, lora_rank=config.lora_rank, act_order=config.gptq_act_order,
-                         refine_rounds=config.gptq_refine_rounds, clip=config.mse_clipping)
+                         refine_rounds=config.gptq_refine_rounds, ranges=config.range_rule)
     step_of = lambda p: step if p.is_primary_matmul(config.mode) else RTN  # noqa: E731 - the rest: round to nearest
     deferred = [p for p in plans if step_of(p).layerwise]
     now = [p for p in plans if p.mode is not None and not step_of(p).layerwise]

@@ -64,7 +64,7 @@ class StepData:
     lora_rank: int = 8
     act_order: bool = False  # GPTQ's column order (WeightCompressionConfig.gptq_act_order)
     refine_rounds: int = 0  # WeightCompressionConfig.gptq_refine_rounds
-    clip: bool = False  # WeightCompressionConfig.mse_clipping
+    ranges: str | None = None  # WeightCompressionConfig.range_rule: "mse", "full" or None (round to nearest)
     cross: np.ndarray | None = None  # GPTAQ's float-against-quantized term of the layers' input (layer-wise steps)
 
     @functools.cached_property
@@ -86,12 +86,12 @@ class Step:
 
 
 def _rtn(layers: Sequence[LayerInput], data: StepData) -> list[LayerOutput]:
-    return _round(fit_codebooks(layers, data), data.clip)
+    return _round(fit_codebooks(layers, data), data.ranges)
 
 
-def _round(layers: Sequence[LayerInput], clip: bool = False) -> list[LayerOutput]:
+def _round(layers: Sequence[LayerInput], ranges: str | None = None) -> list[LayerOutput]:
     return [LayerOutput(quantize(x.weight, x.plan.mode, x.plan.group_size, x.plan.site.reduction_axis,
-                                 codebook=x.plan.codebook, clip=clip)) for x in layers]
+                                 codebook=x.plan.codebook, ranges=ranges)) for x in layers]
 
 
 def fit_codebooks(layers: Sequence[LayerInput], data: StepData) -> Sequence[LayerInput]:

@@ -115,7 +115,7 @@ def _rounder(config: WeightCompressionConfig, float_sites: dict[int, Any], sourc
         # round to nearest, 4-bit codes packed block by block (the unpacked codes never exist whole)
         fit_codebooks([LayerInput(p, w)], StepData())  # an adaptive codebook is fitted to the weight first
         out = LayerOutput(quantize(w, p.mode, p.group_size, site.reduction_axis, packed=True, codebook=p.codebook,
-                                   clip=config.mse_clipping))
+                                   ranges=config.range_rule))
         if read is None:
             release(w)  # file-mapped pages leave this process (they stay in the page cache)
         elif hasattr(source, "recycle"):

@@ -20,6 +20,12 @@ from .sites import ops_by_name, weight_of
 
 ROWS_INPUT = "optimum_wc_rows"
 BOUNDARY_INPUT = "optimum_wc_boundary"
+REFERENCE_INPUT = "optimum_wc_reference_"  # + the probe's position: a cross probe's reference activation
+
+
+def reference_input(position: int) -> str:
+    """Name of the input that feeds the reference activation ``R`` of the ``position``-th probe (``cross``)."""
+    return f"{REFERENCE_INPUT}{position}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,9 @@ class Probe:
     * ``gram_block``: the block diagonal of ``X^T X`` over all tokens, blocks of that size: ``[C/b, b, b]``;
     * ``rows``: ``X`` at the token positions fed to the :data:`ROWS_INPUT` input: ``[batch, k, C]``;
     * ``xtx``: the full ``X^T X`` over all tokens: ``[C, C]``;
+    * ``cross``: ``(R - X)^T X`` over all tokens, ``[C, C]``, where ``R`` (the same
+      activation in a reference model, ``[batch, tokens, C]``) is fed to the input
+      :func:`reference_input` of the probe's position (GPTAQ's float-against-quantized term);
     * ``raw``: ``X`` itself, ``[batch, tokens, C]``.
     """
 
@@ -41,6 +50,7 @@ class Probe:
     gram_block: int = 0
     rows: bool = False
     xtx: bool = False
+    cross: bool = False
     raw: bool = False
 
 
@@ -78,7 +88,7 @@ def statistics_model(model, probes: Iterable[Probe], boundary_in: str | None = N
     what the reductions need is computed.  With ``boundary_in`` that node's
     output becomes the input :data:`BOUNDARY_INPUT`: everything upstream of it
     is not run (see :func:`pass_boundaries`).  Returns the model and, per
-    ``(source, kind)`` with kind in moments/gram/rows/xtx (and ``("boundary",
+    ``(source, kind)`` with kind in moments/gram/rows/xtx/cross/raw (and ``("boundary",
     "boundary")``), the index of its output.
     """
     m = model.clone()
@@ -101,7 +111,7 @@ def statistics_model(model, probes: Iterable[Probe], boundary_in: str | None = N
         layout[key] = len(results)
         results.append(ops.result(node))
 
-    for probe in probes:
+    for position, probe in enumerate(probes):
         node, index = probe.source
         x = replaced.get(node) if node in replaced else by_name[node].output(index)
         channels = x.get_partial_shape()[-1].get_length()
@@ -125,6 +135,13 @@ def statistics_model(model, probes: Iterable[Probe], boundary_in: str | None = N
         if probe.xtx:
             flat = ops.reshape(x3, ops.constant(np.array([-1, channels], np.int64)), False)
             emit((probe.source, "xtx"), ops.matmul(flat, flat, transpose_a=True, transpose_b=False))
+        if probe.cross:
+            ref = ops.parameter([-1, -1, channels], ov.Type.f32, name=reference_input(position))
+            ref.output(0).get_tensor().set_names({reference_input(position)})
+            params.append(ref)
+            flat = ops.reshape(x3, ops.constant(np.array([-1, channels], np.int64)), False)
+            drift = ops.reshape(ops.subtract(ref, x3), ops.constant(np.array([-1, channels], np.int64)), False)
+            emit((probe.source, "cross"), ops.matmul(drift, flat, transpose_a=True, transpose_b=False))
         if probe.raw:
             emit((probe.source, "raw"), x3)
     if boundary_out is not None:

@@ -1,4 +1,8 @@
-"""Data-free clipping: each group's quantization range shrunk to the one with the smallest squared weight error.
+"""Data-free choices of each group's quantization range other than round to nearest's.
+
+:func:`mse_clipped_params` (``mse_clipping``): the range shrunk to the one with the smallest squared weight error.
+:func:`full_range_params` (``full_range``): the smallest asymmetric step whose grid covers the whole range
+(round to nearest's rounded zero point clips one end).
 
 Round to nearest maps a group's full range ``[min, max]`` onto the integer
 grid, so one outlier weight stretches the step for all the others.  For
@@ -20,7 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import CompressWeightsMode
-from .rtn import asymmetric_params, quantization_params, rounded_levels
+from .rtn import _EPS, asymmetric_params, quantization_params, rounded_levels
+
+MSE, FULL = "mse", "full"  # the range rules :func:`range_params` knows (None: round to nearest's own)
 
 CLIP_GRID = tuple(1.0 - 0.5 * i / 20 for i in range(20))  # 1.0, 0.975, ..., 0.525
 
@@ -56,3 +62,59 @@ def mse_clipped_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> t
             if zp is not None:
                 zp = np.where(better, z, zp)
     return scale, zp
+
+
+def _f16_at_least(s: np.ndarray) -> np.ndarray:
+    """The smallest float16 value ``>= s`` (as float64), so a range covered in float32 stays covered in the IR."""
+    s16 = s.astype(np.float16)
+    below = s16.astype(np.float64) < s
+    return np.where(below, np.nextafter(s16, np.float16(np.inf)), s16).astype(np.float64)
+
+
+def full_range_params(w: np.ndarray, axis: int, num_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Asymmetric scale and integer zero point whose grid covers each group's range with the smallest step.
+
+    Objective: no weight clipped, the largest-magnitude weights kept at their
+    magnitude.  Round to nearest maps ``[lo, hi] = [min(w, 0), max(w, 0)]``
+    onto ``[0, 2^b - 1]`` with step ``s0 = (hi - lo) / (2^b - 1)`` and
+    *rounds* the zero point ``-lo / s0``: its grid ``[-z s0, (2^b - 1 - z) s0]``
+    is shifted by up to half a step, so one end of the range is clipped and
+    that end's extreme weights are pulled towards zero by up to ``s0 / 2``
+    (a systematic shrink of the largest weights, the ones a layer's output
+    depends on most; shrinking ranges further, :func:`mse_clipped_params`,
+    is what this avoids).  Here, for an integer ``z`` the smallest step whose
+    grid contains the range is ``s(z) = max(hi / (2^b - 1 - z), -lo / z)``,
+    smallest at ``z`` beside ``-lo / s0`` (one term rises with ``z``, the
+    other falls): of floor and ceiling, the smaller ``s(z)``, rounded up to
+    float16 (the IR's scale type).  Every weight stays within half a step;
+    the step grows by at most ``1 / (2^b - 2)`` over round to nearest's.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    n = float(2**num_bits - 1)
+    lo = np.minimum(np.min(w, axis=axis, keepdims=True), np.float32(0)).astype(np.float64)
+    hi = np.maximum(np.max(w, axis=axis, keepdims=True), np.float32(0)).astype(np.float64)
+    s0 = np.maximum((hi - lo) / n, _EPS)
+    best_s = best_z = None
+    for z in (np.floor(-lo / s0), np.ceil(-lo / s0)):
+        z = np.clip(z, 0, n)
+        above = np.where(z < n, hi / np.maximum(n - z, 1), np.where(hi > 0, np.inf, 0.0))  # z = n: no level above 0
+        below = np.where(z > 0, -lo / np.maximum(z, 1), np.where(lo < 0, np.inf, 0.0))  # z = 0: none below 0
+        step = np.maximum(above, below)
+        step = _f16_at_least(np.maximum(step, _EPS))
+        if best_s is None:
+            best_s, best_z = step, z
+        else:
+            take = step < best_s
+            best_s, best_z = np.where(take, step, best_s), np.where(take, z, best_z)
+    rtn_scale, rtn_zp = asymmetric_params(w, axis, num_bits)
+    ok = np.isfinite(best_s)  # a range beyond float16 (or hi = lo = 0 edge cases): round to nearest's parameters
+    return np.where(ok, best_s, rtn_scale).astype(np.float32), np.where(ok, best_z, rtn_zp).astype(np.uint8)
+
+
+def range_params(w: np.ndarray, axis: int, mode: CompressWeightsMode, rule: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale and zero point of ``w`` along ``axis`` (keepdims) under the range ``rule`` (:data:`MSE` or :data:`FULL`)."""
+    if rule == MSE:
+        return mse_clipped_params(w, axis, mode)
+    if rule == FULL and mode.is_asym:
+        return full_range_params(w, axis, mode.num_bits)
+    raise ValueError(f"no range rule {rule!r} for {mode.value}")

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import CompressWeightsMode
 from . import float_kernels, float_lowering, kernels, minifloat
 from .bitpack import pack_nibbles
-from .clipping import mse_clipped_params
+from .clipping import FULL, range_params
 from .formats import format_of
 from .rtn import asymmetric_params, levels, quantization_params, rounded_levels, symmetric_scale  # noqa: F401
 
@@ -154,22 +154,22 @@ def level_values(cw: CompressedWeight) -> np.ndarray:
 
 
 def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: bool = False,
-                    codebook: np.ndarray | None = None, clip: bool = False):
+                    codebook: np.ndarray | None = None, ranges: str | None = None):
     """Codes (packed two per byte with ``pack``), scale, zero point, the block's squared error and squared norm.
 
     The fused kernel (:mod:`.kernels`) gives the same bytes as the NumPy
     reference below when it can run; both sum the error with NumPy's ``dot``.
-    Float formats and codebooks go to :mod:`.float_lowering`.  ``clip``
-    (integer modes): the ranges of :func:`optimum_wc.quant.clipping.mse_clipped_params`.
+    Float formats and codebooks go to :mod:`.float_lowering`.  ``ranges``
+    (integer modes): a rule of :func:`optimum_wc.quant.clipping.range_params`.
     """
     w = as_float32(w)
     if not mode.is_integer:
         return _float_block(w, axis, mode, pack, codebook)
-    fused = _fused_block(w, axis, mode, pack) if use_fused_kernel() and not clip else None
+    fused = _fused_block(w, axis, mode, pack) if use_fused_kernel() and not ranges else None
     if fused is not None:
         return fused
-    if clip:
-        scale, zp = mse_clipped_params(w, axis, mode)
+    if ranges:
+        scale, zp = range_params(w, axis, mode, ranges)
     else:
         scale, zp = quantization_params(w, axis, mode)
     q = rounded_levels(w, scale, zp, mode)
@@ -246,7 +246,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axis: int, *,
-             packed: bool = False, codebook: np.ndarray | None = None, clip: bool = False) -> CompressedWeight:
+             packed: bool = False, codebook: np.ndarray | None = None, ranges: str | None = None) -> CompressedWeight:
     """Quantize ``weight`` along its input-channel ``axis`` (per channel if ``group_size == -1``).
 
     The work is split into blocks along the first non-reduced axis and run on
@@ -257,11 +257,14 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
     block's codes are packed two per byte as soon as they are made: the result
     has ``packed`` bytes instead of ``codes``, and the unpacked codes never
     exist whole.  ``codebook``: the sorted float32 table of a codebook mode.
-    ``clip``: 2-4 bit integer modes take each group's weight-error-minimising
-    clipped range (:mod:`.clipping`) instead of its full range (other modes
-    ignore it: INT8 backup layers of a clipped config round as they are).
+    ``ranges``: 2-4 bit integer modes take each group's range by that rule
+    of :mod:`.clipping` (``"mse"``: the weight-error-minimising clipped range;
+    ``"full"``: asymmetric modes only, the smallest step covering the range)
+    instead of round to nearest's; other modes ignore it (INT8 backup layers
+    round as they are).
     """
-    clip = clip and mode.is_integer and mode.num_bits <= 4
+    applies = mode.is_integer and mode.num_bits <= 4 and (ranges != FULL or mode.is_asym)
+    ranges = ranges if applies else None
     if codebook is not None:
         codebook = np.asarray(codebook, dtype=np.float32)
     fmt = format_of(mode, codebook)
@@ -277,7 +280,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
         lead = (slice(None),) * split_axis
         blocks = [w[lead + (slice(i, i + rows),)] for i in range(0, n, rows)]
     if len(blocks) == 1:
-        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode, codebook=codebook, clip=clip)
+        codes, scale, zp, sq_error, sq_norm = _quantize_block(blocks[0], red, mode, codebook=codebook, ranges=ranges)
     else:  # each block's results go straight into the outputs: no concatenated copy of the codes
         param_shape = w.shape[:red] + (1,) + w.shape[red + 1 :]
         pack = packed and split_axis == 0 and all(b.size % 2 == 0 for b in blocks)
@@ -291,7 +294,7 @@ def quantize(weight: np.ndarray, mode: CompressWeightsMode, group_size: int, axi
 
         def run(i: int) -> tuple[float, float]:
             at = lead + (slice(i * rows, i * rows + blocks[i].shape[split_axis]),)
-            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack, codebook, clip)
+            block_codes, scale[at], block_zp, err, norm = _quantize_block(blocks[i], red, mode, pack, codebook, ranges)
             if pack:  # rows are the leading axis: block i is one contiguous run of the flattened codes
                 first = i * rows * per_row // 2
                 packed_out[first : first + block_codes.size] = block_codes
