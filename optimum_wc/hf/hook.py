@@ -95,6 +95,10 @@ def _wrap(decoder_module, base_module) -> None:
     def main_export(model_name_or_path, output, *args, **kwargs):
         """optimum-intel's ``_export``, through our pipeline when our config is pending, else our dispatch point."""
         task, trust = kwargs.get("task"), kwargs.get("trust_remote_code", False)
+        if Path(str(model_name_or_path)).is_dir():  # a damaged download is named before the exporter trips on it
+            from ..checkpoints.integrity import check_checkpoint_files
+
+            check_checkpoint_files(model_name_or_path)
         wc_config = getattr(_PENDING, "config", None)
         if wc_config is not None:  # the same export and compression as export_model (weights streamed when possible)
             from ..export.pipeline import export_into
