@@ -8,6 +8,7 @@ from pathlib import Path
 from ..checkpoints.integrity import check_checkpoint_files
 from ..errors import ExportError
 from ..layout import IR_XML
+from .noise import exporter_quiet
 
 
 def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False) -> None:
@@ -64,14 +65,15 @@ def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None 
     from optimum.intel.openvino.configuration import OVConfig
 
     try:
-        main_export(
-            model_name_or_path=str(model_id),
-            output=output,
-            task=task or "text-generation-with-past",
-            trust_remote_code=trust_remote_code,
-            ov_config=OVConfig(dtype="auto"),  # a non-None config: no default NNCF INT8 for 1B+ models
-            stateful=True,
-        )
+        with exporter_quiet():
+            main_export(
+                model_name_or_path=str(model_id),
+                output=output,
+                task=task or "text-generation-with-past",
+                trust_remote_code=trust_remote_code,
+                ov_config=OVConfig(dtype="auto"),  # a non-None config: no default NNCF INT8 for 1B+ models
+                stateful=True,
+            )
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter raises ValueError/KeyError/RuntimeError...
