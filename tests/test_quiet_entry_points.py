@@ -108,3 +108,24 @@ def test_a_checkpoint_without_export_is_exported_as_online_and_said_so(llama_dir
     text = heard()
     assert_quiet(text)
     assert f"{llama_dir} holds no OpenVINO IR: exporting it (export=True)" in text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folder_entry_points_take_str_and_path_quietly(llama_dir, llama_ir, tmp_path, heard, kind):
+    """export_model, compress_ir_folder, the config file, the report and tune's checks, with str and with Path."""
+    from optimum_wc.export.pipeline import compress_ir_folder
+    from optimum_wc.report import report_from_dir
+    from optimum_wc.tune import TuneError, TuneSettings, tune_model
+
+    path = KINDS[kind]
+    config = WeightCompressionConfig(mode="int8_sym")
+    model = optimum_wc.export_model(path(llama_dir), path(tmp_path / "exported"), config)
+    assert model.wc_config == config and (tmp_path / "exported" / "openvino_model.xml").is_file()
+    report = compress_ir_folder(path(llama_ir.parent), path(tmp_path / "compressed"), config)
+    assert report["config"]["mode"] == "int8_sym"
+    assert WeightCompressionConfig.from_json(path(tmp_path / "compressed" / "optimum_wc_config.json")) == config
+    assert report_from_dir(path(tmp_path / "compressed"))["compressed"]
+    settings = TuneSettings(max_ppl_increase=0.01, work_dir=path(tmp_path / "work"), data_aware=False)
+    with pytest.raises(TuneError, match="already compressed by optimum-wc"):
+        tune_model(path(tmp_path / "compressed"), path(tmp_path / "tuned"), settings)
+    assert_quiet(heard())
