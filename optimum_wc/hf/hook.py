@@ -2,8 +2,9 @@
 
 optimum-intel has no registry for foreign quantization configs: its
 ``_from_pretrained`` hands any ``quantization_config`` to NNCF through
-``OVConfig``, which rejects other types.  So three of its functions are
-wrapped; every call without our config goes to optimum-intel unchanged:
+``OVConfig``, which rejects other types.  So some of its functions are
+wrapped; every call without our config goes to optimum-intel (unchanged but
+for the local-folder handling at the end):
 
 * ``_export`` (what ``from_pretrained(..., export=True)`` runs) notes a
   pending :class:`~optimum_wc.config.WeightCompressionConfig`;
@@ -19,7 +20,11 @@ wrapped; every call without our config goes to optimum-intel unchanged:
   :func:`optimum_wc.compress_model`, then compiles.
 
 ``_save_openvino_config`` is wrapped too, so ``save_pretrained`` writes our
-config beside the IR.  The wrap is installed when
+config beside the IR; and ``from_pretrained`` on a local folder (``str`` or
+``Path``) decides ``export`` from the folder's files instead of letting
+optimum-intel guess it from the hub cache (see :func:`_wrap_from_pretrained`).
+A local checkpoint's weight files are checked whole before any export
+(:func:`~optimum_wc.checkpoints.integrity.check_checkpoint_files`).  The wrap is installed when
 ``optimum.intel.openvino.modeling_decoder`` is imported (or at once if it
 already is), so importing optimum_wc stays cheap.
 """
