@@ -35,6 +35,7 @@ _LAZY = {
     "compress_model": "optimum_wc.engine",
     "export_model": "optimum_wc.hf.api",
     "OVModelForCausalLM": "optimum_wc.hf.modeling",
+    "reference_ir": "optimum_wc.export.reference",
 }
 
 __all__ = [

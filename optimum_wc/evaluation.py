@@ -161,7 +161,9 @@ def compile_model(model_dir: str | Path, accuracy: bool = True, device: str = "C
 
     xml = Path(model_dir) / IR_XML
     if not xml.is_file():
-        raise OptimumWCError(f"{model_dir} holds no {IR_XML}; pass a folder written by optimum-wc or optimum-cli.")
+        hint = (" It is a Transformers checkpoint: optimum_wc.reference_ir(folder) gives its float IR (exported once, "
+                "cached).") if (Path(model_dir) / "config.json").is_file() else ""
+        raise OptimumWCError(f"{model_dir} holds no {IR_XML}; pass a folder written by optimum-wc or optimum-cli.{hint}")
     core = ov.Core()
     return core.compile_model(core.read_model(xml), device, ACCURACY_PROPERTIES if accuracy else {})
 

@@ -12,7 +12,6 @@ as ``uint16`` and flagged.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..layout import SAFETENSORS_INDEX
+from .integrity import read_safetensors_header
 
 # safetensors dtype -> (NumPy dtype, torch dtype name); bfloat16 is stored as uint16.
 DTYPES: dict[str, tuple[str, str]] = {
@@ -56,17 +56,8 @@ class TensorInfo:
 
 
 def read_header(file: Path) -> dict[str, TensorInfo]:
-    """The tensors of one ``.safetensors`` file (its ``__metadata__`` left out)."""
-    with open(file, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ExportError(f"{file} is not a safetensors file (shorter than its 8-byte header length).")
-        (length,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as exc:
-            raise ExportError(f"{file} has a corrupt safetensors header: {exc}; re-download or re-save it.") from exc
-    base = 8 + length
+    """The tensors of one ``.safetensors`` file (its ``__metadata__`` left out; a damaged header raises ModelError)."""
+    header, base = read_safetensors_header(file)
     return {
         name: TensorInfo(file, meta["dtype"], tuple(meta["shape"]), base + meta["data_offsets"][0], base + meta["data_offsets"][1])
         for name, meta in header.items()

@@ -95,7 +95,10 @@ def _add_eval_parser(sub) -> None:
                        description="Perplexity of MODEL_DIR on a text (non-overlapping windows, fresh KV cache each), "
                                    "top-1 agreement and KL divergence against --reference, and greedy generation speed.")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="OpenVINO IR folder (stateful causal LM with its tokenizer)")
-    p.add_argument("--reference", metavar="FLOAT_DIR", help="the float IR to compare with (top-1 agreement, KL)")
+    p.add_argument("--reference", metavar="DIR",
+                   help="the float model to compare with (top-1 agreement, KL): its OpenVINO IR folder, or the "
+                        "Transformers checkpoint the model was exported from (exported once to a float IR, cached "
+                        "in ~/.cache/optimum-wc/references; $OPTIMUM_WC_CACHE moves it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", metavar="FILE", help="a text file or a folder of .txt files (default: a built-in "
                                                      "excerpt of Pride and Prejudice)")

@@ -181,7 +181,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     reference = Path(args.reference) if args.reference else None
     _check_ir_dir(model_dir, "model folder")
     if reference is not None:
-        _check_ir_dir(reference, "reference folder")
+        from ..export.reference import check_reference
+
+        check_reference(reference)
     console = Console(args)
     text, source = eval_text(args)
     if not console.verbose:
@@ -190,6 +192,11 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
     tokenizer = load_tokenizer(model_dir)
     tokens = evaluation.tokenize_prefix(tokenizer, text, args.tokens)
+    irs = {"model": model_dir}
+    if reference is not None:  # a checkpoint: its float IR, exported once into the cache
+        from ..export.reference import reference_ir
+
+        irs["reference"] = reference_ir(reference, progress=console.progress, say=console.say)
     console.say(f"Evaluating {model_dir} on {len(tokens)} tokens of {source}"
                 + (f" against {reference}" if reference else ""))
     names = {"model": model_dir}
@@ -197,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     compiled_ref = None
     if reference is not None:
         names["reference"] = reference
-        models["reference"] = compiled_ref = evaluation.compile_model(reference)
+        models["reference"] = compiled_ref = evaluation.compile_model(irs["reference"])
     results = evaluation.evaluate_many(models, tokens, compiled_ref, window=args.window, progress=console.progress)
     rows = {key: r.to_dict() for key, r in results.items()}
     del models, compiled_ref
@@ -206,12 +213,14 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         eos = evaluation.eos_ids(tokenizer, model_dir)
         for key, path in names.items():
             console.say(f"Generating {args.max_new_tokens} tokens with {path}")
-            gen = evaluation.greedy_generate(path, prompt, args.max_new_tokens, eos)
+            gen = evaluation.greedy_generate(irs[key], prompt, args.max_new_tokens, eos)
             rows[key]["tokens_per_s"] = gen.tokens_per_s
             rows[key]["answer"] = tokenizer.decode(gen.tokens, skip_special_tokens=True).strip()
     for key, path in names.items():
         rows[key]["path"] = str(path)
-        rows[key]["size_bytes"] = evaluation.ir_size(path)
+        rows[key]["size_bytes"] = evaluation.ir_size(irs[key])
+        if irs[key] != path:
+            rows[key]["ir_path"] = str(irs[key])
     result = {"text": source, "tokens": int(len(tokens)), "window": args.window, "prompt": args.prompt, "models": rows}
     console.out(format_eval_table([(str(names[k]), rows[k]) for k in rows]))
     if args.max_new_tokens:

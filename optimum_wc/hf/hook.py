@@ -2,8 +2,9 @@
 
 optimum-intel has no registry for foreign quantization configs: its
 ``_from_pretrained`` hands any ``quantization_config`` to NNCF through
-``OVConfig``, which rejects other types.  So three of its functions are
-wrapped; every call without our config goes to optimum-intel unchanged:
+``OVConfig``, which rejects other types.  So some of its functions are
+wrapped; every call without our config goes to optimum-intel (unchanged but
+for the local-folder handling at the end):
 
 * ``_export`` (what ``from_pretrained(..., export=True)`` runs) notes a
   pending :class:`~optimum_wc.config.WeightCompressionConfig`;
@@ -19,7 +20,11 @@ wrapped; every call without our config goes to optimum-intel unchanged:
   :func:`optimum_wc.compress_model`, then compiles.
 
 ``_save_openvino_config`` is wrapped too, so ``save_pretrained`` writes our
-config beside the IR.  The wrap is installed when
+config beside the IR; and ``from_pretrained`` on a local folder (``str`` or
+``Path``) decides ``export`` from the folder's files instead of letting
+optimum-intel guess it from the hub cache (see :func:`_wrap_from_pretrained`).
+A local checkpoint's weight files are checked whole before any export
+(:func:`~optimum_wc.checkpoints.integrity.check_checkpoint_files`).  The wrap is installed when
 ``optimum.intel.openvino.modeling_decoder`` is imported (or at once if it
 already is), so importing optimum_wc stays cheap.
 """
@@ -28,17 +33,23 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import inspect
 import json
+import logging
+import os
+import re
 import sys
 import threading
 from pathlib import Path
 
 from ..config import WeightCompressionConfig
+from ..export.noise import LOCAL_FOLDER_NOISE, dropped, exporter_quiet
 
 _TARGET = "optimum.intel.openvino.modeling_decoder"
 # Between ``_export`` and its ``main_export``/``_from_pretrained`` calls: our config, then the folder compressed with it.
 _PENDING = threading.local()
 _BASE = "optimum.intel.openvino.modeling_base"
+logger = logging.getLogger("optimum_wc")
 
 
 def _wrap(decoder_module, base_module) -> None:
@@ -77,6 +88,7 @@ def _wrap(decoder_module, base_module) -> None:
         return model
 
     cls._from_pretrained = classmethod(_from_pretrained)
+    _wrap_from_pretrained(cls)
     original_cls_export = cls._export.__func__  # defined on a base class
 
     def _export(klass, model_id, config, *args, quantization_config=None, **kwargs):
@@ -95,6 +107,10 @@ def _wrap(decoder_module, base_module) -> None:
     def main_export(model_name_or_path, output, *args, **kwargs):
         """optimum-intel's ``_export``, through our pipeline when our config is pending, else our dispatch point."""
         task, trust = kwargs.get("task"), kwargs.get("trust_remote_code", False)
+        if Path(str(model_name_or_path)).is_dir():  # a damaged download is named before the exporter trips on it
+            from ..checkpoints.integrity import check_checkpoint_files
+
+            check_checkpoint_files(model_name_or_path)
         wc_config = getattr(_PENDING, "config", None)
         if wc_config is not None:  # the same export and compression as export_model (weights streamed when possible)
             from ..export.pipeline import export_into
@@ -105,8 +121,11 @@ def _wrap(decoder_module, base_module) -> None:
             return
         from ..export.pipeline import export_ir
 
-        export_ir(model_name_or_path, Path(output), task, trust,
-                  float_export=lambda: original_export(model_name_or_path, output, *args, **kwargs))
+        def float_export():
+            with exporter_quiet():
+                return original_export(model_name_or_path, output, *args, **kwargs)
+
+        export_ir(model_name_or_path, Path(output), task, trust, float_export=float_export)
 
     decoder_module.main_export = main_export
 
@@ -122,6 +141,51 @@ def _wrap(decoder_module, base_module) -> None:
         return original_save(self, save_directory)
 
     base._save_openvino_config = _save_openvino_config
+
+
+def _wrap_from_pretrained(cls) -> None:
+    """``cls.from_pretrained`` on a local folder (``str`` or ``pathlib.Path``) decides ``export`` from the folder's files.
+
+    optimum-intel guesses whether a model is already an IR by looking it up
+    in the hub cache when HF_HUB_OFFLINE is set, even for a local folder: the
+    guess fails ("[Errno 2] ... refs/main"; "Path.replace() takes 2 positional
+    arguments" for a Path), is logged, and ``export`` is kept as given.  For a
+    local folder the answer is in the folder, so it is decided here by
+    optimum-intel's own rule (:func:`_export_for_folder`), the path is passed
+    as ``str``, and only that failed guess's message is dropped
+    (:data:`~optimum_wc.export.noise.LOCAL_FOLDER_NOISE`).
+    """
+    original = cls.from_pretrained.__func__  # OVBaseModel's
+    signature = inspect.signature(original)
+
+    def from_pretrained(klass, model_id, *args, **kwargs):
+        folder = _local_folder(model_id)
+        if folder is None or kwargs.get("from_onnx"):
+            return original(klass, model_id, *args, **kwargs)
+        bound = signature.bind(klass, os.fspath(model_id), *args, **kwargs)
+        given = bound.arguments.get("export", False)
+        bound.arguments["export"] = _export_for_folder(klass, folder, given, bound.arguments.get("subfolder", ""))
+        with dropped(LOCAL_FOLDER_NOISE):
+            return original(*bound.args, **bound.kwargs)
+
+    cls.from_pretrained = classmethod(from_pretrained)
+
+
+def _local_folder(model_id) -> Path | None:
+    if not isinstance(model_id, (str, os.PathLike)):
+        return None
+    path = Path(os.fspath(model_id))
+    return path if path.is_dir() else None
+
+
+def _export_for_folder(klass, folder: Path, export: bool, subfolder: str) -> bool:
+    """optimum-intel's rule, as it applies without HF_HUB_OFFLINE: a folder that holds no IR is exported."""
+    pattern = klass._search_pattern
+    if export or any(re.search(pattern, str(p)) for p in (folder / (subfolder or ".")).glob("*")):
+        return export
+    logger.warning("%s holds no OpenVINO IR: exporting it (export=True); save the model with save_pretrained() "
+                   "to load it without exporting next time.", folder)
+    return True
 
 
 def _is_compressed_export(model_id) -> bool:
