@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..layout import IR_XML
+from .exporters import check_exportable, model_type_of, verified_exporters
 
 
-def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False) -> None:
-    """Fail early, with the fix, on a missing folder or a model that is not a causal LM."""
+def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False, task: str | None = None) -> None:
+    """Fail early, with the fix, on a missing folder, a model that is not a causal LM, or one optimum-intel cannot export."""
     path = Path(str(model_id))
     if not path.exists():
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
@@ -46,6 +47,8 @@ def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = Fa
             f"{path} is a {config.model_type!r} model ({', '.join(architectures) or 'no architectures listed'}), "
             "not a causal language model; optimum-wc exports text-generation models (e.g. Llama, Qwen2, GPT-2)."
         )
+    if not trust_remote_code or not getattr(config, "auto_map", None):  # custom code may bring its own exporter
+        check_exportable(config.model_type, architectures, task)
 
 
 def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None = None, trust_remote_code: bool = False,
@@ -58,14 +61,15 @@ def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None 
     from optimum.intel.openvino.configuration import OVConfig
 
     try:
-        main_export(
-            model_name_or_path=str(model_id),
-            output=output,
-            task=task or "text-generation-with-past",
-            trust_remote_code=trust_remote_code,
-            ov_config=OVConfig(dtype="auto"),  # a non-None config: no default NNCF INT8 for 1B+ models
-            stateful=True,
-        )
+        with verified_exporters(model_type_of(model_id, trust_remote_code), task):
+            main_export(
+                model_name_or_path=str(model_id),
+                output=output,
+                task=task or "text-generation-with-past",
+                trust_remote_code=trust_remote_code,
+                ov_config=OVConfig(dtype="auto"),  # a non-None config: no default NNCF INT8 for 1B+ models
+                stateful=True,
+            )
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter raises ValueError/KeyError/RuntimeError...
