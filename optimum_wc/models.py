@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from .errors import ExportError
 from .layout import move_into_place, staging_dir
@@ -110,5 +111,60 @@ def build_tiny_llama(path: str | Path, text: str, *, hidden: int = 64, intermedi
     )
     path = Path(path)
     LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# Tiny random causal LMs by ``model_type``: what makes each one small (hidden 64, 2 layers) and exercises what is
+# particular to it (sliding windows shorter than the test sequences, MoE experts, fused or parallel attention).
+# The vocabulary and special tokens come from the tokenizer.
+_DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 256}
+_MOE = {"moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama": _DECODER,
+    "mistral": {**_DECODER, "sliding_window": 8},
+    "qwen2": _DECODER,
+    "qwen3": {**_DECODER, "head_dim": 16},
+    "phi3": _DECODER,
+    "gemma": {**_DECODER, "head_dim": 16},
+    "gemma2": {**_DECODER, "head_dim": 16, "sliding_window": 8},
+    "gemma3_text": {**_DECODER, "head_dim": 16, "sliding_window": 8},
+    "gpt_neox": {**_DECODER, "num_key_value_heads": None},
+    "opt": {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "max_position_embeddings": 256, "word_embed_proj_dim": 64},
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
+    "falcon": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "qwen3_moe": {**_DECODER, **_MOE, "head_dim": 16},
+    "qwen2_moe": {**_DECODER, **_MOE, "shared_expert_intermediate_size": 64},
+    "mixtral": {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2},
+}
+
+
+def tiny_config(model_type: str, tokenizer, **overrides):
+    """The transformers config of the tiny ``model_type`` of :data:`TINY_ARCHITECTURES` for ``tokenizer``."""
+    from transformers import AutoConfig
+
+    if model_type not in TINY_ARCHITECTURES:
+        raise ExportError(f"no tiny model for {model_type!r}; choose one of {', '.join(TINY_ARCHITECTURES)}.")
+    fields = {k: v for k, v in {**TINY_ARCHITECTURES[model_type], **overrides}.items() if v is not None}
+    return AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, **fields)
+
+
+def build_tiny_model(model_type: str, path: str | Path, text: str | None = None, *, tokenizer=None,
+                     vocab_size: int = 512, seed: int = 0, **overrides) -> Path:
+    """A tiny random checkpoint of ``model_type`` (float32), with ``tokenizer`` or a BPE one trained on ``text``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is None:
+        if text is None:
+            raise ExportError("build_tiny_model needs a tokenizer or a text to train one on.")
+        tokenizer = train_bpe_tokenizer(text, vocab_size)
+    config = tiny_config(model_type, tokenizer, **overrides)
+    torch.manual_seed(seed)
+    path = Path(path)
+    AutoModelForCausalLM.from_config(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -20,6 +20,8 @@ from .choices import (
 )
 
 _OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping", "gptq_asymmetric", "full_range")
+# The dataset of a config read back from a file when it was data (a list, a datasets.Dataset), which is never written.
+DATASET_NOT_RECORDED = "<not recorded: calibration data given as data>"
 
 
 @dataclass(frozen=True)
@@ -185,10 +187,22 @@ class WeightCompressionConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "WeightCompressionConfig":
-        """Read an ``optimum_wc_config.json`` (its schema version is checked, see :mod:`optimum_wc.layout`)."""
+        """Read an ``optimum_wc_config.json`` (its schema version is checked, see :mod:`optimum_wc.layout`).
+
+        The file records a compression already made: one calibrated on data
+        given as such (a list of texts, a ``datasets.Dataset``), written with
+        ``dataset: null``, reads back with ``dataset=DATASET_NOT_RECORDED``
+        (compressing again with it fails, naming it: pass the data).
+        """
         from ..layout import read_config_file  # (on use: `import optimum_wc` loads only the config and errors)
 
-        return cls.from_dict(read_config_file(Path(path)))
+        data = read_config_file(Path(path))
+        if data.get("dataset") is None:
+            try:
+                return cls.from_dict(data)
+            except ConfigError:  # a data-aware option without its data: that data was not written
+                data = {**data, "dataset": DATASET_NOT_RECORDED}
+        return cls.from_dict(data)
 
     @classmethod
     def from_optimum(cls, config: Any) -> "WeightCompressionConfig":

@@ -8,6 +8,7 @@ ones, in ascending order of sensitivity, while the share of 4-bit
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -25,6 +26,8 @@ from ..config import (
 from ..errors import ConfigError, GroupSizeError
 from ..ir.sites import WeightSite
 from ..quant.formats import codebook_of
+
+logger = logging.getLogger("optimum_wc")
 
 
 @dataclass
@@ -132,7 +135,27 @@ def plan_layers(
             p.mode = backup
             p.note = "mixed precision (ratio)" if backup else "mixed precision (ratio), backup mode none"
             _backup_plan(p, backup_group, adjust)
+    _note_uncalibrated(plans, config)
     return plans
+
+
+UNCALIBRATED_NOTE = "rounded to nearest: the data-aware steps take 2-D weights (not MoE experts)"
+
+
+def _note_uncalibrated(plans: list[LayerPlan], config: WeightCompressionConfig) -> None:
+    """Say so, per layer and in the log, when a primary-mode weight is not one the data-aware steps work on.
+
+    AWQ, scale estimation, GPTQ and LoRA correction take 2-D MatMul weights
+    (:meth:`LayerPlan.is_primary_matmul`); batched MoE experts
+    ``[experts, out, in]`` are rounded to nearest.
+    """
+    if not (config.awq or config.scale_estimation or config.gptq or config.lora_correction):
+        return
+    left = [p for p in plans if p.mode is config.mode and p.site.kind == "matmul" and not p.is_primary_matmul(p.mode)]
+    for p in left:
+        p.note = (p.note + "; " if p.note else "") + UNCALIBRATED_NOTE
+    if left:
+        logger.warning("%d MoE expert weight(s) (%s, ...) are %s.", len(left), left[0].site.name, UNCALIBRATED_NOTE)
 
 
 def backup_precision(config: WeightCompressionConfig) -> tuple[CompressWeightsMode | None, int]:

@@ -35,7 +35,7 @@ from ..config import WeightCompressionConfig
 from ..errors import ConfigError
 from ..ir.decompression import constant_arrays, place_placeholders
 from ..ir.rt_info import write_rt_info
-from ..ir.serialize import OrderedBinWriter, constant_bytes, ordered_constants, write_xml
+from ..ir.serialize import OrderedBinWriter, constant_bytes, fold_postponed_constants, ordered_constants, write_xml
 from ..ir.sites import find_weight_sites, stored_weight
 from ..layout import IR_BIN
 from ..quant.lowering import compressed_shapes, quantize
@@ -68,6 +68,7 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     if config.needs_data:
         raise ConfigError("compress_to_ir is for data-free configs; data-aware options go through compress_model.")
     start = time.perf_counter()
+    fold_postponed_constants(ov_model)  # the serializer would fold them: the weights behind them are sites too
     sites, skipped = find_weight_sites(ov_model)
     for op_name, reason in skipped:
         logger.info("Not compressed: %s (%s)", op_name, reason)

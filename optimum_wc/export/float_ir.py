@@ -8,11 +8,13 @@ from pathlib import Path
 from ..checkpoints.integrity import check_checkpoint_files
 from ..errors import ExportError
 from ..layout import IR_XML
+from .exporters import check_exportable, model_type_of, verified_exporters
 from .noise import exporter_quiet
 
 
-def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False) -> None:
-    """Fail early, with the fix, on a missing folder, a model that is not a causal LM, or a damaged weight file.
+def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False, task: str | None = None) -> None:
+    """Fail early, with the fix, on a missing folder, a model that is not a causal LM, one optimum-intel cannot
+    export, or a damaged weight file.
 
     The weight files are checked from their headers only
     (:func:`~optimum_wc.checkpoints.integrity.check_checkpoint_files`).
@@ -52,6 +54,8 @@ def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = Fa
             f"{path} is a {config.model_type!r} model ({', '.join(architectures) or 'no architectures listed'}), "
             "not a causal language model; optimum-wc exports text-generation models (e.g. Llama, Qwen2, GPT-2)."
         )
+    if not trust_remote_code or not getattr(config, "auto_map", None):  # custom code may bring its own exporter
+        check_exportable(config.model_type, architectures, task)
     check_checkpoint_files(path)
 
 
@@ -65,7 +69,7 @@ def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None 
     from optimum.intel.openvino.configuration import OVConfig
 
     try:
-        with exporter_quiet():
+        with exporter_quiet(), verified_exporters(model_type_of(model_id, trust_remote_code), task):
             main_export(
                 model_name_or_path=str(model_id),
                 output=output,

@@ -41,6 +41,7 @@ from ..ir.rt_info import read_rt_info
 from ..layout import CONFIG_FILE, IR_BIN, IR_XML, REPORT_FILE, copy_side_files, move_into_place, staging_dir, write_config_file
 from ..report import Stages, write_report
 from ..resources import ResourceMonitor, SpillArena
+from .exporters import model_type_of, verified_exporters
 from .float_ir import check_model_source, export_float_ir
 from .prequantized import export_prequantized_ir, try_export_prequantized_model
 from .streaming import try_export_float_model
@@ -69,7 +70,8 @@ def export_ir(
     if fmt is not None:
         export_prequantized_ir(model_id, Path(output), fmt, task, trust_remote_code)
     elif float_export is not None:
-        float_export()
+        with verified_exporters(model_type_of(model_id, trust_remote_code), task):
+            float_export()
     else:
         export_float_ir(model_id, Path(output), task, trust_remote_code)
     return fmt
@@ -192,7 +194,7 @@ def export_folder(
     """
     wc_config = None if config is None else WeightCompressionConfig.coerce(config)
     check_experts_as(mxfp4_experts)
-    check_model_source(model_id, trust_remote_code)
+    check_model_source(model_id, trust_remote_code, task)
     target = Path(output_dir)
     with staging_dir(target) as tmp:
         export_into(model_id, tmp / "out", wc_config, tmp / "float", task=task, trust_remote_code=trust_remote_code,

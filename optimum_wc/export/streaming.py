@@ -11,9 +11,12 @@ for the duration of the call:
   size-based NNCF INT8 step that reads the file back are skipped).
 
 The placeholders are then bound to the checkpoint's memory-mapped tensors
-(:func:`optimum_wc.ir.binding.bind_constants`): the result is the float model
-the classic export would have written and read back, with no float IR on
-disk and the weights in page cache, not in anonymous memory.
+(:func:`optimum_wc.ir.binding.bind_constants`), and the nodes OpenVINO's
+serializer would fold into constants are folded
+(:func:`optimum_wc.ir.serialize.fold_postponed_constants`): the result is
+the float model the classic export would have written and read back, with
+no float IR on disk and the weights in page cache, not in anonymous memory
+(but for those folded constants, held in memory).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..checkpoints.placeholders import NotStreamable, placeholder_model
 from ..checkpoints.tensors import CheckpointTensors
 from ..errors import ModelError
 from ..ir.binding import bind_constants, parameter_name
+from ..ir.serialize import fold_postponed_constants
 from .float_ir import export_float_ir
 
 logger = logging.getLogger("optimum_wc")
@@ -108,6 +112,11 @@ def export_float_model(model_id: str | os.PathLike, side_dir: Path, tensors: Che
                            lambda p: tensors.info[placeholders[p]].dtype == "BF16")
         except ModelError as exc:
             raise NotStreamable(str(exc)) from exc
+        # what the IR file would hold: e.g. MoE experts [experts, in, out] transposed once, as save_model writes them
+        folded = fold_postponed_constants(model)
+        if folded:
+            logger.info("Folded %d nodes marked postponed_constant (%s, ...), as OpenVINO's serializer does.",
+                        len(folded), folded[0])
     except NotStreamable:
         for item in side_dir.iterdir() if side_dir.is_dir() else ():
             if item.is_file() and item not in before:

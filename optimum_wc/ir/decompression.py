@@ -212,6 +212,10 @@ def replace_with_compressed(site: WeightSite, cw: CompressedWeight, new=None) ->
 
     Convert nodes that only cast the old constant to f16 are bypassed; a
     final Convert restores the consumers' float type (f32 or f16 IR alike).
+    A ``ShapeOf`` of the weight becomes the constant shape: reading the
+    decompressed weight, it kept OpenVINO's CPU plugin from running the
+    MatMul on the compressed constant (OPT's tied embedding and lm_head:
+    the lm_head's weight was decompressed to f32 when the model loaded).
     ``new``: the subgraph's output, when already built (e.g. of placeholders).
     """
     if new is None:
@@ -228,7 +232,9 @@ def replace_with_compressed(site: WeightSite, cw: CompressedWeight, new=None) ->
     def rewire(node) -> None:
         for target in list(node.output(0).get_target_inputs()):
             consumer = target.get_node()
-            if consumer.get_type_name() == "Convert" and consumer.get_output_element_type(0) == ov.Type.f16:
+            if consumer.get_type_name() == "ShapeOf":
+                _replace_shape_of(consumer, site)
+            elif consumer.get_type_name() == "Convert" and consumer.get_output_element_type(0) == ov.Type.f16:
                 rewire(consumer)
             elif consumer.get_type_name() == "Convert" and consumer.get_output_element_type(0) in FLOAT_TYPES:
                 target.replace_source_output(new.output(0))  # keep it: it is now the cast f16 -> float type
@@ -237,6 +243,14 @@ def replace_with_compressed(site: WeightSite, cw: CompressedWeight, new=None) ->
 
     rewire(site.const)
     site.const = None  # drop our reference: the float data is freed with the node
+
+
+def _replace_shape_of(shape_of, site: WeightSite) -> None:
+    """Give the users of ``shape_of`` (a ShapeOf of ``site``'s weight) the weight's static shape as a constant."""
+    dtype = np.int32 if shape_of.get_output_element_type(0) == ov.Type.i32 else np.int64
+    shape = ops.constant(np.array(site.shape, dtype=dtype), name=f"{site.name}/shape")
+    for target in list(shape_of.output(0).get_target_inputs()):
+        target.replace_source_output(shape.output(0))
 
 
 def gather_matmul_inputs(site: WeightSite, indices: np.ndarray) -> list[str]:

@@ -14,6 +14,13 @@ XML.  So:
    going to ``/dev/null`` (the placeholders' contents are irrelevant there),
    then puts the writer's offsets into the XML's ``Const`` layers, checking
    each size.
+
+One exception to "each Constant in order": a node marked ``postponed_constant``
+(the PyTorch frontend marks so the Transpose it puts on a weight, e.g.
+transformers' MoE experts held ``[experts, in, out]``) is constant-folded by
+the serializer and written as a Constant in its place, its own constant
+inputs dropped.  :func:`fold_postponed_constants` makes that fold in the
+graph first, so the graph is the one the IR file holds.
 """
 
 from __future__ import annotations
@@ -27,6 +34,40 @@ import numpy as np
 from ..errors import ModelError
 
 _SAMPLE = 4096  # bytes of each end hashed to find duplicate candidates, compared in full when keys collide
+
+
+POSTPONED = "postponed_constant"  # rt_info key of nodes the serializer folds into a Constant
+
+
+def fold_postponed_constants(model) -> list[str]:
+    """Replace each ``postponed_constant`` node by the Constant the serializer would write; return their names.
+
+    The Constant is ``node``'s value, evaluated from its constant inputs,
+    under the node's friendly name and output names, as
+    ``openvino.save_model`` writes it and ``read_model`` reads it back.
+    """
+    import openvino as ov
+    from openvino import op as ov_op
+
+    folded = []
+    for node in model.get_ordered_ops():
+        if POSTPONED not in node.get_rt_info():
+            continue
+        sources = [value.get_node() for value in node.input_values()]
+        if node.get_output_size() != 1 or any(s.get_type_name() != "Constant" for s in sources):
+            raise ModelError(f"{node.get_friendly_name()} is marked {POSTPONED} but does not take only constants; "
+                             "OpenVINO's serializer could not fold it either (please report it to optimum-wc).")
+        value = ov.Tensor(node.get_output_element_type(0), node.get_output_shape(0))
+        if not node.evaluate([value], [s.get_tensor_view() for s in sources]):
+            raise ModelError(f"OpenVINO cannot evaluate {node.get_friendly_name()} ({node.get_type_name()}), marked "
+                             f"{POSTPONED}; please report it to optimum-wc.")
+        const = ov_op.Constant(value, shared_memory=True)
+        const.set_friendly_name(node.get_friendly_name())
+        const.output(0).get_tensor().set_names(node.output(0).get_names())
+        for target in list(node.output(0).get_target_inputs()):
+            target.replace_source_output(const.output(0))
+        folded.append(node.get_friendly_name())
+    return folded
 
 
 def ordered_constants(model) -> list:

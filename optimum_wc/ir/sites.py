@@ -70,7 +70,8 @@ def source_constant(output) -> Any | None:
     return node if node.get_type_name() == "Constant" else None
 
 
-def _matches_skip_pattern(node) -> str | None:
+def skip_reason(node) -> str | None:
+    """The name of the :data:`SKIP_PATTERNS` entry ``node`` (a MatMul) matches: not a linear layer; else None."""
     for pattern in SKIP_PATTERNS:
         queue = deque([(node, 0)])
         while queue:
@@ -133,7 +134,7 @@ def find_weight_sites(model) -> tuple[list[WeightSite], list[tuple[str, str]]]:
         name = const.get_friendly_name()
         if const.get_element_type() not in FLOAT_TYPES:
             continue  # already integer: left as it is
-        reason = _matches_skip_pattern(node) if node.get_type_name() == "MatMul" else None
+        reason = skip_reason(node) if node.get_type_name() == "MatMul" else None
         if reason:
             skipped.append((node.get_friendly_name(), reason))
             continue
