@@ -28,7 +28,7 @@ import openvino as ov
 import pytest
 
 import conftest
-from optimum_wc import WeightCompressionConfig, export_model
+from optimum_wc import WeightCompressionConfig, compress_model, export_model
 from optimum_wc.export.pipeline import compress_ir_folder
 from optimum_wc.ir.inventory import parameters_by_type, stored_weights
 from optimum_wc.ir.rt_info import read_rt_info
@@ -243,6 +243,10 @@ def test_postponed_weight_transposes_are_folded_before_streaming_the_ir(tmp_path
     assert _bins_equal(tmp_path / "streamed", tmp_path / "classic")
     weights = stored_weights(_ir(tmp_path / "streamed"))
     assert [(w.element_type, w.shape) for w in weights] == [("u8", (2, 96, 64))]  # the last MatMul: INT8 backup
+    # compress_model on the converter's in-memory model (not saved first) finds and compresses the same weight
+    in_memory = compress_model(float_model(), config)
+    ov.save_model(in_memory, tmp_path / "mem" / "openvino_model.xml", compress_to_fp16=False)
+    assert _bins_equal(tmp_path / "mem", tmp_path / "classic")
 
 
 def test_float_moe_with_transposed_experts_streams_and_compresses_every_expert(tmp_path):

@@ -25,6 +25,7 @@ from ..config import WeightCompressionConfig
 from ..ir.decompression import (adapter_input, add_lora_adapter, constant_arrays, pack_for_ir, replace_with_compressed,
                                 subgraph_from_arrays)
 from ..ir.rt_info import write_rt_info
+from ..ir.serialize import fold_postponed_constants
 from ..ir.sites import find_weight_sites, ops_by_name, read_weight, set_float_weight
 from ..quant.kernels import warm_up as warm_up_kernels
 from ..quant.lowering import use_fused_kernel
@@ -76,6 +77,7 @@ def compress_model(
         logger.info("Calibration data was given but this config does not use it (no data-aware option).")
     step = step_for(config)
     start = time.perf_counter()
+    fold_postponed_constants(ov_model)  # a converter's model: the weights behind its postponed transposes are sites
     sites, skipped = find_weight_sites(ov_model)
     for op_name, reason in skipped:
         logger.info("Not compressed: %s (%s)", op_name, reason)
