@@ -154,7 +154,7 @@ def _mb(n: int) -> str:
 
 
 def folder_bytes(folder: Path) -> int:
-    """The bytes of the files under ``folder`` (metadata only; run once, on failure)."""
+    """The bytes of the files under ``folder`` (file sizes only: no data is read)."""
     total = 0
     for root, _, files in os.walk(folder):
         for name in files:
