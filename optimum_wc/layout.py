@@ -1,19 +1,19 @@
 """What an optimum-wc folder holds, and how a folder appears: complete or not at all.
 
 One home for file names (the IR, our config, the report, tokenizer files),
-for the schema version of what we write into them, and for the staging
-folder that is written beside the target and moved into place when complete.
+for the schema version of what we write into them; the staging folder that
+is written beside the target and moved into place when complete lives in
+:mod:`optimum_wc.staging` (re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .errors import ExportError, ModelError
+from .errors import ModelError
+from .staging import move_into_place, staging_dir  # noqa: F401 - the staging folder's home is staging.py
 
 IR_XML = "openvino_model.xml"
 IR_BIN = "openvino_model.bin"
@@ -72,44 +72,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path} does not hold a JSON object; the file is damaged: re-export the model.")
     check_schema_version(data.pop(SCHEMA_KEY, None), str(path))
     return data
-
-
-@contextlib.contextmanager
-def staging_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` (same file system), removed on failure."""
-    import shutil  # (here, not at the top: `import optimum_wc` stays as light as the config)
-    import tempfile
-
-    target = Path(target).resolve()
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write the output folder {target}: {exc.strerror or exc}; choose a writable location.") from exc
-    try:
-        yield tmp
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def move_into_place(tmp: Path, target: Path) -> None:
-    """Replace ``target`` by the complete folder ``tmp`` (renames only; the old one is removed last)."""
-    import shutil
-    import tempfile
-
-    target = Path(target).resolve()
-    old = None
-    if target.exists():
-        if not target.is_dir():
-            raise ExportError(f"{target} exists and is not a folder; choose another output path.")
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_side_files(source: Path, dest: Path, skip: tuple[str, ...] = (), folders: bool = False) -> None:

@@ -20,6 +20,7 @@ ROOT_NAME = "optimum_wc"
 # Lowest first.  Units of one layer are independent of each other.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "version"}),
+    frozenset({"staging"}),
     frozenset({"layout"}),
     frozenset({"config"}),
     frozenset({"quant"}),

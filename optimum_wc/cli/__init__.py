@@ -9,7 +9,8 @@
 
 Exit codes: 0 success; 2 usage errors (unknown flags, flag values the config
 rejects); 1 other failures (missing model, unreadable checkpoint, ...), with
-one line on stderr (the traceback too with ``--verbose``).
+one line on stderr (the traceback too with ``--verbose``); 130 after Ctrl-C
+(SIGINT) and 143 after SIGTERM, the staging folder removed.
 
 Only argparse and the light config module load before a command runs, so
 ``--help`` answers at once; OpenVINO, optimum, transformers and torch are
@@ -19,10 +20,14 @@ imported inside the command functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from ..errors import ConfigError, OptimumWCError
+from ..staging import Terminated, forget_stop_signals, on_stop_signal
 from .options import (
     UsageError,
     add_compression_options,
@@ -152,12 +157,33 @@ def _one_line(text: str) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
+@contextlib.contextmanager
+def stop_signals_handled():
+    """For the block, SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`, both remembered
+    (main thread only; the old handlers restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    forget_stop_signals()
+    previous = {signum: signal.signal(signum, on_stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        forget_stop_signals()
+
+
 def run_command(func: Callable[[argparse.Namespace], object], args: argparse.Namespace, prog: str = PROG) -> int:
     """Run ``func(args)`` and map failures to exit codes with one line on stderr."""
     verbose = bool(getattr(args, "verbose", False))
     try:
-        func(args)
+        with stop_signals_handled():
+            func(args)
         return 0
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except (UsageError, ConfigError) as exc:
         error, code, message = exc, 2, str(exc)
     except OptimumWCError as exc:

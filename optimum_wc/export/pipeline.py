@@ -41,6 +41,7 @@ from ..ir.rt_info import read_rt_info
 from ..layout import CONFIG_FILE, IR_BIN, IR_XML, REPORT_FILE, copy_side_files, move_into_place, staging_dir, write_config_file
 from ..report import Stages, write_report
 from ..resources import ResourceMonitor, SpillArena
+from ..staging import folder_bytes
 from .exporters import model_type_of, verified_exporters
 from .float_ir import check_model_source, export_float_ir
 from .prequantized import export_prequantized_ir, try_export_prequantized_model
@@ -196,7 +197,9 @@ def export_folder(
     check_experts_as(mxfp4_experts)
     check_model_source(model_id, trust_remote_code, task)
     target = Path(output_dir)
-    with staging_dir(target) as tmp:
+    # staging holds the float IR (about the checkpoint's size) and the output (at most that): for a full disk's message
+    needed = 2 * folder_bytes(Path(model_id)) if Path(model_id).is_dir() else 0
+    with staging_dir(target, needed) as tmp:
         export_into(model_id, tmp / "out", wc_config, tmp / "float", task=task, trust_remote_code=trust_remote_code,
                     progress=progress, mxfp4_experts=mxfp4_experts)
         move_into_place(tmp / "out", target)
@@ -253,7 +256,7 @@ def compress_ir_folder(input_dir: str | Path, output_dir: str | Path, config: We
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     check_ir_input(input_dir)
     stages = Stages(("read", "compress", "save"), progress, desc="Compress")
-    with staging_dir(output_dir) as tmp, ResourceMonitor() as monitor:
+    with staging_dir(output_dir, folder_bytes(input_dir)) as tmp, ResourceMonitor() as monitor:  # output <= input
         stages.start("read")
         try:
             model = ov.Core().read_model(input_dir / IR_XML)
