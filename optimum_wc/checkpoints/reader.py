@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..layout import SAFETENSORS_INDEX
 from ..quant.marlin import marlin_shape_problem
 from . import bitsandbytes as bnb
 from . import compressed_tensors as ct
 from . import mxfp4 as mx
 from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
+from .integrity import index_shards
 from .layers import (
     QUANT_TENSORS,
     LayerWeights,
@@ -52,18 +52,9 @@ class _TensorInfo:
 
 
 def _weight_files(path: Path, sidecar: dict | None) -> list[Path]:
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ExportError(f"{index} has no weight_map; fix the index or re-save the checkpoint.")
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ExportError(
-                f"{index} lists {', '.join(missing)}, which is not in {path}; download the missing shard(s)."
-            )
-        return files
+    shards = index_shards(path)
+    if shards is not None:
+        return shards
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     base = (sidecar or {}).get("model_file_base_name")
