@@ -19,7 +19,7 @@ import pytest
 from optimum_wc.checkpoints.integrity import check_checkpoint_files, check_safetensors_file
 from optimum_wc.checkpoints.reader import _weight_files
 from optimum_wc.checkpoints.tensors import CheckpointTensors, read_header
-from optimum_wc.errors import ModelError
+from optimum_wc.errors import ExportError, ModelError
 
 
 def write_safetensors(path: Path, header: dict | bytes, data: bytes = b"", length: int | None = None) -> Path:
@@ -109,3 +109,56 @@ def test_a_deeply_nested_header_is_a_model_error(tmp_path):
     file = write_safetensors(tmp_path / "model.safetensors", b"[" * 100_000)
     with pytest.raises(ModelError, match="has a corrupt header"):
         check_safetensors_file(file)
+
+
+# -- fuzzing the headers
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+NUMBERS = st.integers(-(2**70), 2**70) | st.integers(0, 64) | st.floats() | st.booleans() | st.none()
+JSON = st.recursive(NUMBERS | st.text(max_size=6) | st.sampled_from(["F32", "BF16", "I32", "U8", "F4", "X9"]),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    max_leaves=8)
+ENTRY = st.fixed_dictionaries({}, optional={"dtype": JSON | st.sampled_from(["F32", "U8", "BF16", "F4"]),
+                                            "shape": st.lists(NUMBERS, max_size=3) | JSON,
+                                            "data_offsets": st.lists(NUMBERS, min_size=2, max_size=2) | JSON})
+HEADERS = st.dictionaries(st.text(max_size=4) | st.just("__metadata__"), ENTRY | JSON, max_size=3) | JSON
+
+
+def _read_or_model_error(folder: Path) -> None:
+    try:
+        tensors = CheckpointTensors(folder)
+    except ModelError as exc:
+        assert str(exc).strip()
+        return
+    for name in tensors.info:  # a header that passed describes tensors that can be read
+        try:
+            tensors.read(name)
+            tensors.array(name)
+        except (ModelError, ExportError) as exc:  # e.g. a dtype optimum-wc cannot read
+            assert str(exc).strip()
+
+
+@FUZZ
+@given(header=HEADERS, data=st.binary(max_size=32))
+def test_random_json_headers_give_tensors_or_a_model_error(tmp_path_factory, header, data):
+    folder = tmp_path_factory.mktemp("model")
+    write_safetensors(folder / "model.safetensors", header, data)
+    _read_or_model_error(folder)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=80))
+def test_random_bytes_give_a_model_error(tmp_path_factory, raw):
+    folder = tmp_path_factory.mktemp("model")
+    (folder / "model.safetensors").write_bytes(raw)
+    _read_or_model_error(folder)
+
+
+def test_found_by_fuzzing_read_of_an_unreadable_dtype_names_it(tmp_path):
+    """Before: ``read`` raised KeyError('F4') (only ``array`` checked the dtype)."""
+    write_safetensors(tmp_path / "model.safetensors", {"w": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}, b"x")
+    with pytest.raises(ExportError, match="tensor w has dtype F4, which optimum-wc cannot read; it reads F64"):
+        CheckpointTensors(tmp_path).read("w")

@@ -119,9 +119,7 @@ class CheckpointTensors:
 
     def array(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a read-only view of the file (bfloat16 as uint16)."""
-        info = self.info[name]
-        if info.dtype not in DTYPES:
-            raise ExportError(f"{info.file.name}: tensor {name} has dtype {info.dtype}, which optimum-wc cannot read.")
+        info = self._readable(name)
         mapped = self._maps.get(info.file)
         if mapped is None:
             mapped = self._maps[info.file] = np.memmap(info.file, dtype=np.uint8, mode="r")
@@ -143,7 +141,7 @@ class CheckpointTensors:
         (fresh memory costs the kernel a page clearing per page; a reused
         buffer does not).  The result is a view of it.
         """
-        info = self.info[name]
+        info = self._readable(name)
         if out is None or out.nbytes < self.buffer_bytes(name):
             out = np.empty(self.buffer_bytes(name), dtype=np.uint8)
         skip = (-out.ctypes.data) % _ALIGN  # the first aligned byte of the buffer
@@ -159,6 +157,13 @@ class CheckpointTensors:
             data = out[: info.nbytes]
         self._count(name)
         return data.view(DTYPES[info.dtype][0]).reshape(info.shape)
+
+    def _readable(self, name: str) -> TensorInfo:
+        info = self.info[name]
+        if info.dtype not in DTYPES:
+            raise ExportError(f"{info.file.name}: tensor {name} has dtype {info.dtype}, which optimum-wc cannot read; "
+                              f"it reads {', '.join(DTYPES)}. Save the checkpoint with one of them.")
+        return info
 
     def buffer_bytes(self, name: str) -> int:
         """The size of a buffer :meth:`read` can read tensor ``name`` into."""
