@@ -30,18 +30,12 @@ from .layers import (
     convert_gptq_layer,
     convert_marlin_layer,
     group_count,
+    packed_shapes,
 )
 
 logger = logging.getLogger("optimum_wc")
 
 _DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
-
-
-def gemv_zeros_width(n_groups: int, group_size: int) -> int:
-    """AutoAWQ's ``calculate_zeros_width``: int32 words of GEMV zero points per row (groups / 8, padded)."""
-    multiplier = 1 if group_size >= 128 or group_size == -1 else {64: 2, 32: 4}[group_size]
-    words = -(-n_groups // 8)
-    return -(-words // multiplier) * multiplier
 
 
 @dataclass
@@ -234,18 +228,15 @@ class PrequantizedCheckpoint:
             shapes = {"qweight": (n_in // 16, 2 * n_out), "scales": (n_groups, n_out)}
             layout = {"qweight": "[in / 16, 2 * out]", "scales": "[groups, out]"}
         elif fmt.method == "gptq":
-            shapes = {"qweight": (n_in * bits // 32, n_out), "qzeros": (n_groups, n_out * bits // 32),
-                      "scales": (n_groups, n_out), "g_idx": (n_in,)}
+            shapes = packed_shapes(fmt, n_in, n_out)
             layout = {"qweight": "[in * bits / 32, out]", "qzeros": "[groups, out * bits / 32]",
                       "scales": "[groups, out]", "g_idx": "[in]"}
         else:
+            shapes = packed_shapes(fmt, n_in, n_out)
             if fmt.checkpoint_format == "awq_gemv":
-                width = gemv_zeros_width(n_groups, fmt.group_size)
-                shapes = {"qweight": (n_out, n_in // 8), "qzeros": (n_out, width), "scales": (n_out, 8 * width)}
                 layout = {"qweight": "[out, in / 8]", "qzeros": "[out, groups padded]",
                           "scales": "[out, 8 * groups padded]"}
             else:
-                shapes = {"qweight": (n_in, n_out // 8), "qzeros": (n_groups, n_out // 8), "scales": (n_groups, n_out)}
                 layout = {"qweight": "[in, out / 8]", "qzeros": "[groups, out / 8]", "scales": "[groups, out]"}
         dtypes = {"qweight": ("I32", "U32"), "qzeros": ("I32", "U32"),
                   "scales": ("F16", "BF16", "F32"), "g_idx": ("I32", "I64")}
