@@ -84,3 +84,49 @@ def test_from_json_not_json_is_a_config_error(tmp_path, raw):
     path.write_bytes(raw)
     with pytest.raises(ConfigError, match="not a JSON compression config"):
         WeightCompressionConfig.from_json(path)
+
+
+# -- the CLI's flags: a parse error exits 2 with a message; parsed flags give a config or our error
+
+FLAGS = ["--weight-format", "--mode", "--sym", "--codebook", "--group-size", "--group-size-fallback", "--ratio",
+         "--backup-precision", "--all-layers", "--sensitivity-metric", "--dataset", "--num-samples", "--awq",
+         "--scale-estimation", "--gptq", "--gptq-act-order", "--gptq-asymmetric", "--mse-clipping", "--full-range",
+         "--gptq-refine-rounds", "--lora-correction", "--lora-rank", "--sample-length", "--ignored-scope", "--task",
+         "--trust-remote-code", "--mxfp4-experts", "--max-ppl-increase", "--max-size", "--data-free", "--jobs"]
+TOKENS = st.sampled_from(FLAGS) | st.sampled_from(
+    ["int4", "int8", "fp32", "nf4", "mxfp4", "int4_sym", "int4_asym", "cb4_f8e4m3", "-1", "0", "64", "128", "0.5",
+     "1.5", "nan", "-3", "wikitext2", "auto", "./nowhere.txt", '{"names": 5}', '{"types": "MatMul"}', "[1]",
+     "pattern:", "pattern:(", "name:x", "i8", "none", "int8_asym", "hessian_input_activation"]) | st.text(max_size=6)
+
+
+@settings(FAST, max_examples=200)
+@given(command=st.sampled_from(["export", "eval", "tune"]), tokens=st.lists(TOKENS, max_size=8))
+def test_cli_flags_give_a_config_or_exit_2(capsys, command, tokens):
+    from optimum_wc.cli import build_parser
+    from optimum_wc.cli.options import config_from_args
+
+    positional = {"export": ["-m", "model", "out"], "eval": ["model"], "tune": ["model", "out"]}[command]
+    argv = [command, *positional, *tokens]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        assert exc.code == 2 and "error:" in capsys.readouterr().err
+        return
+    if command != "export":
+        return
+    try:
+        config_from_args(args)
+    except OptimumWCError as exc:  # UsageError and ConfigError both exit 2 with this message
+        assert str(exc).strip()
+
+
+@pytest.mark.parametrize("spec", ['{"names": 5}', '{"patterns": null}', '{"types": {"a": 1}}'])
+def test_found_by_fuzzing_ignored_scope_json_of_the_wrong_type(spec):
+    """Before: TypeError ('int' object is not iterable) out of the flag parsing."""
+    from optimum_wc.cli import build_parser
+    from optimum_wc.cli.options import config_from_args
+
+    args = build_parser().parse_args(["export", "-m", "model", "out", "--weight-format", "int4", "--ignored-scope",
+                                      spec])
+    with pytest.raises(OptimumWCError, match="ignored-scope .*must be a string or a list of strings"):
+        config_from_args(args)
