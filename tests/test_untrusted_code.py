@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 import optimum_wc
-from optimum_wc.errors import ModelError
-from optimum_wc.export.float_ir import check_model_source
 
 
 class _Payload:
@@ -32,27 +30,30 @@ def _llama_config(folder: Path) -> None:
                 architectures=["LlamaForCausalLM"]).save_pretrained(folder)
 
 
-@pytest.mark.parametrize("name", ["pytorch_model.bin", "pytorch_model-00001-of-00002.bin"])
-def test_a_pickle_only_checkpoint_is_refused_unopened(tmp_path, name):
-    """Before: the check passed and the exporter let transformers torch.load the file."""
-    folder, marker = tmp_path / "model", tmp_path / "marker"
-    _llama_config(folder)
-    (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(ModelError, match=rf"holds its weights only as pickled {name}; optimum-wc reads safetensors "
-                                         r"only.*save_pretrained\(new_folder\) writes safetensors"):
-        check_model_source(folder)
-    assert not marker.exists()
-
-
-def test_export_refuses_a_pickle_only_checkpoint_unopened(tmp_path):
+def test_a_malicious_float_pickle_is_never_executed(tmp_path):
+    """A float checkpoint with only ``pytorch_model.bin`` is loaded by transformers with ``torch.load(weights_only=True)``
+    (the classic export path, see test_streaming): a pickle that runs code is refused, not run."""
+    from optimum_wc.errors import ExportError
     from optimum_wc.export.pipeline import export_folder
 
     folder, marker = tmp_path / "model", tmp_path / "marker"
     _llama_config(folder)
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(ModelError, match="pickled pytorch_model.bin"):
+    with pytest.raises(ExportError, match="Weights only load failed"):
         export_folder(folder, tmp_path / "out", None)
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])
+def test_a_pickle_only_gptq_checkpoint_is_refused_unopened(tmp_path, name):
+    from optimum_wc.checkpoints.reader import _weight_files
+    from optimum_wc.errors import ExportError
+
+    marker = tmp_path / "marker"
+    (tmp_path / name).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ExportError, match=r"pickled \.bin/\.pt files; optimum-wc reads safetensors only. Re-save"):
+        _weight_files(tmp_path, None)
+    assert not marker.exists()
 
 
 def _functions_with_trust_remote_code():

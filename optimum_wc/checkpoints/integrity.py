@@ -168,36 +168,12 @@ def checkpoint_weight_files(folder: Path) -> list[Path]:
     return [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
 
 
-def pickled_weight_files(folder: str | Path) -> list[Path]:
-    """The pickled weight files transformers would load from ``folder`` (``pytorch_model*.bin``) when it has no
-    safetensors weights, else [].
-
-    Unpickling runs code chosen by whoever wrote the file, so optimum-wc never
-    loads them (nor lets the exporter do so); see :func:`check_checkpoint_files`.
-    """
-    folder = Path(folder)
-    if checkpoint_weight_files(folder):
-        return []
-    return sorted(folder.glob("pytorch_model*.bin"))
-
-
 def check_checkpoint_files(folder: str | Path) -> None:
     """Every safetensors weight file of the checkpoint ``folder`` is whole (see the module's rules).
 
     Raises :class:`~optimum_wc.errors.ModelError` naming the file, what is
     wrong with it and the fix (re-download or re-save).  A folder without
-    safetensors files is refused when it holds pickled ``pytorch_model*.bin``
-    weights (loading them could run code): converting them is left to the
-    user, in a Python they trust.
+    safetensors files (``.bin`` weights) passes: nothing to check cheaply.
     """
-    pickled = pickled_weight_files(folder)
-    if pickled:
-        raise ModelError(
-            f"{folder} holds its weights only as pickled {', '.join(f.name for f in pickled[:3])}"
-            f"{' ...' if len(pickled) > 3 else ''}; optimum-wc reads safetensors only, because loading a pickle can "
-            "run any code the file's author chose. If you trust the checkpoint, convert it once: "
-            "AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder) writes safetensors; then "
-            "export new_folder."
-        )
     for file in checkpoint_weight_files(Path(folder)):
         check_safetensors_file(file)
