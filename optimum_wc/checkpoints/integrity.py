@@ -61,8 +61,8 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
         text = f.read(length)
     try:
         header = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _damaged(file, f"has a corrupt header (not valid JSON: {exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise _damaged(file, f"has a corrupt header (not valid JSON: {' '.join(str(exc).split())[:200]})") from exc
     if not isinstance(header, dict):
         raise _damaged(file, f"has a corrupt header (a JSON {type(header).__name__}, not an object)")
     return header, 8 + length
@@ -90,9 +90,9 @@ def check_tensor_layout(file: Path, header: dict[str, Any]) -> int:
             continue
         begin, end, dtype, shape = _tensor_range(file, name, meta)
         bits = DTYPE_BITS.get(dtype)
-        if bits is not None and end - begin != math.prod(shape) * bits / 8:
+        if bits is not None and (end - begin) * 8 != math.prod(shape) * bits:  # integers: no float overflow
             raise _damaged(file, f"has a corrupt header: tensor {name!r} ({dtype}, shape {shape}) needs "
-                                 f"{math.prod(shape) * bits / 8:g} bytes, its data_offsets give {end - begin}")
+                                 f"{-(-math.prod(shape) * bits // 8)} bytes, its data_offsets give {end - begin}")
         ranges.append((begin, end, name))
     position = 0
     for begin, end, name in sorted(ranges):
@@ -106,6 +106,11 @@ def check_tensor_layout(file: Path, header: dict[str, Any]) -> int:
 
 def check_safetensors_file(file: Path) -> dict[str, Any]:
     """The header of ``file`` once the file is known whole: its size is the one the header describes."""
+    return checked_safetensors_header(file)[0]
+
+
+def checked_safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
+    """:func:`read_safetensors_header` once every tensor's shape and byte range fit the file (else ModelError)."""
     header, data_start = read_safetensors_header(file)
     expected = check_tensor_layout(file, header)
     have = Path(file).stat().st_size - data_start
@@ -114,29 +119,51 @@ def check_safetensors_file(file: Path) -> dict[str, Any]:
     if have > expected:
         raise _damaged(file, f"is damaged: its header says {expected} bytes of tensor data, the file has {have} "
                              f"({have - expected} bytes too many)")
-    return header
+    return header, data_start
+
+
+def index_shards(folder: Path) -> list[Path] | None:
+    """The shard files ``model.safetensors.index.json`` lists (None without an index), each checked present.
+
+    A shard name must stay in the folder: an absolute path or a ``..`` in a
+    name is refused (a hostile index could otherwise make the export read any
+    file).  Symbolic links are followed: the hub cache links every file of a
+    snapshot to its blob store.  Raises :class:`ModelError` for an unreadable
+    index, a name leaving the folder, or a listed shard that is missing.
+    """
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX
+    if not index.is_file():
+        return None
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise _damaged(index, f"is not a readable index ({' '.join(str(exc).split())})") from exc
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise _damaged(index, "has no weight_map of tensor names to shard files")
+    names = sorted(set(weight_map.values()))
+    leaving = [n for n in names if not n or Path(n).is_absolute() or ".." in Path(n).parts or "\\" in n]
+    if leaving:
+        raise ModelError(f"{index} names shard file(s) outside the checkpoint folder ({', '.join(map(repr, leaving))}); "
+                         "optimum-wc reads only the files inside it. Fix the weight_map to plain file names of the "
+                         f"folder (e.g. model-00001-of-00002.safetensors), or re-download the checkpoint.")
+    files = [folder / name for name in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelError(f"{index} lists {', '.join(missing)}, missing from {folder}: the download is incomplete. "
+                         f"Download the missing shard(s). {FIX}")
+    return files
 
 
 def checkpoint_weight_files(folder: Path) -> list[Path]:
     """The safetensors files a loader reads: the shards of the index, else ``model.safetensors``, else every one.
 
-    Raises :class:`ModelError` for an unreadable index or a shard it lists that is missing.
+    Raises :class:`ModelError` for an unreadable index, a shard name leaving the folder or a listed shard missing.
     """
     folder = Path(folder)
-    index = folder / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
-            raise _damaged(index, f"is not a readable index ({' '.join(str(exc).split())})") from exc
-        if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
-            raise _damaged(index, "has no weight_map of tensor names to shard files")
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ModelError(f"{index} lists {', '.join(missing)}, missing from {folder}: the download is incomplete. "
-                             f"Download the missing shard(s). {FIX}")
-        return files
+    shards = index_shards(folder)
+    if shards is not None:
+        return shards
     single = folder / "model.safetensors"
     return [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
 

@@ -217,6 +217,54 @@ def group_count(in_features: int, group_size: int) -> int:
     return -(-in_features // group_size)
 
 
+def gemv_zeros_width(n_groups: int, group_size: int) -> int:
+    """AutoAWQ's ``calculate_zeros_width``: int32 words of GEMV zero points per row (groups / 8, padded)."""
+    multiplier = 1 if group_size >= 128 or group_size == -1 else {64: 2, 32: 4}.get(group_size)
+    if multiplier is None:
+        raise ExportError(f"an AWQ GEMV checkpoint with group_size={group_size}: AutoAWQ's GEMV layout is defined for "
+                          "group sizes 32, 64 and >= 128 only. Fix group_size in the config, or re-save as GEMM.")
+    words = -(-n_groups // 8)
+    return -(-words // multiplier) * multiplier
+
+
+def packed_shapes(fmt: PrequantizedFormat, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each packed tensor of one GPTQ or AWQ (GEMM, GEMV) linear layer (see the module's layouts)."""
+    n_in, n_out, bits = in_features, out_features, fmt.bits
+    n_groups = group_count(n_in, fmt.group_size)
+    if fmt.method == "gptq":
+        return {"qweight": (n_in * bits // 32, n_out), "qzeros": (n_groups, n_out * bits // 32),
+                "scales": (n_groups, n_out), "g_idx": (n_in,)}
+    if fmt.checkpoint_format == "awq_gemv":
+        width = gemv_zeros_width(n_groups, fmt.group_size)
+        return {"qweight": (n_out, n_in // 8), "qzeros": (n_out, width), "scales": (n_out, 8 * width)}
+    return {"qweight": (n_in, n_out // 8), "qzeros": (n_groups, n_out // 8), "scales": (n_groups, n_out)}
+
+
+PACKED_DTYPES = {"qweight": ("int32", "uint32"), "qzeros": ("int32", "uint32"),
+                 "scales": ("float16", "float32"), "g_idx": ("int32", "int64")}
+
+
+def check_packed(prefix: str, tensors: dict[str, np.ndarray | None], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a packed tensor of the wrong dtype or shape, or non-finite scales, naming it (before any unpacking)."""
+    for kind, array in tensors.items():
+        if array is None:
+            continue
+        name = f"{prefix}.{kind}"
+        if not isinstance(array, np.ndarray) or array.dtype.name not in PACKED_DTYPES[kind]:
+            what = array.dtype.name if isinstance(array, np.ndarray) else type(array).__name__
+            raise ExportError(f"{name} is {what}, but a packed {kind} must be {' or '.join(PACKED_DTYPES[kind])}; "
+                              "the checkpoint is corrupt or uses a packing optimum-wc does not read: re-save it.")
+        if array.shape != shapes[kind]:
+            raise ExportError(f"{name} has shape {list(array.shape)}, but the layer's settings make it "
+                              f"{list(shapes[kind])}; the weights and the config disagree: use the config saved "
+                              "with these weights.")
+        if kind == "scales" and not np.isfinite(array).all():
+            bad = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
+            raise ExportError(f"{name} holds a non-finite scale ({array.reshape(-1)[bad]} at flat index {bad}), which "
+                              "would make the layer's weights inf/NaN. The checkpoint is corrupt: re-download or "
+                              "re-quantize it.")
+
+
 def convert_gptq_layer(
     prefix: str,
     fmt: PrequantizedFormat,
@@ -228,6 +276,8 @@ def convert_gptq_layer(
     out_features: int,
 ) -> LayerWeights:
     """One GPTQ linear (tensors ``<prefix>.qweight/qzeros/scales/g_idx``) in exact integer form."""
+    check_packed(prefix, {"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx},
+                 packed_shapes(fmt, in_features, out_features))
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
     n_groups = group_count(in_features, fmt.group_size)
     if fmt.bits == 3:  # a bit stream along the input axis
@@ -258,6 +308,8 @@ def convert_awq_layer(
     out_features: int,
 ) -> LayerWeights:
     """One AWQ GEMM linear (tensors ``<prefix>.qweight/qzeros/scales``) in exact integer form."""
+    check_packed(prefix, {"qweight": qweight, "qzeros": qzeros, "scales": scales},
+                 packed_shapes(fmt, in_features, out_features))
     names = {t: f"{prefix}.{t}" for t in QUANT_TENSORS}
     n_groups = group_count(in_features, fmt.group_size)
     if fmt.checkpoint_format == "awq_gemv":  # [out, in / 8] natural nibble order; zeros and scales padded

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..layout import SAFETENSORS_INDEX
 from ..quant.marlin import marlin_shape_problem
 from . import bitsandbytes as bnb
 from . import compressed_tensors as ct
 from . import mxfp4 as mx
 from .formats import SIDECAR, PrequantizedFormat, detect_prequantized, read_json
+from .integrity import index_shards
 from .layers import (
     QUANT_TENSORS,
     LayerWeights,
@@ -30,18 +30,12 @@ from .layers import (
     convert_gptq_layer,
     convert_marlin_layer,
     group_count,
+    packed_shapes,
 )
 
 logger = logging.getLogger("optimum_wc")
 
 _DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
-
-
-def gemv_zeros_width(n_groups: int, group_size: int) -> int:
-    """AutoAWQ's ``calculate_zeros_width``: int32 words of GEMV zero points per row (groups / 8, padded)."""
-    multiplier = 1 if group_size >= 128 or group_size == -1 else {64: 2, 32: 4}[group_size]
-    words = -(-n_groups // 8)
-    return -(-words // multiplier) * multiplier
 
 
 @dataclass
@@ -52,18 +46,9 @@ class _TensorInfo:
 
 
 def _weight_files(path: Path, sidecar: dict | None) -> list[Path]:
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ExportError(f"{index} has no weight_map; fix the index or re-save the checkpoint.")
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ExportError(
-                f"{index} lists {', '.join(missing)}, which is not in {path}; download the missing shard(s)."
-            )
-        return files
+    shards = index_shards(path)
+    if shards is not None:
+        return shards
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     base = (sidecar or {}).get("model_file_base_name")
@@ -243,18 +228,15 @@ class PrequantizedCheckpoint:
             shapes = {"qweight": (n_in // 16, 2 * n_out), "scales": (n_groups, n_out)}
             layout = {"qweight": "[in / 16, 2 * out]", "scales": "[groups, out]"}
         elif fmt.method == "gptq":
-            shapes = {"qweight": (n_in * bits // 32, n_out), "qzeros": (n_groups, n_out * bits // 32),
-                      "scales": (n_groups, n_out), "g_idx": (n_in,)}
+            shapes = packed_shapes(fmt, n_in, n_out)
             layout = {"qweight": "[in * bits / 32, out]", "qzeros": "[groups, out * bits / 32]",
                       "scales": "[groups, out]", "g_idx": "[in]"}
         else:
+            shapes = packed_shapes(fmt, n_in, n_out)
             if fmt.checkpoint_format == "awq_gemv":
-                width = gemv_zeros_width(n_groups, fmt.group_size)
-                shapes = {"qweight": (n_out, n_in // 8), "qzeros": (n_out, width), "scales": (n_out, 8 * width)}
                 layout = {"qweight": "[out, in / 8]", "qzeros": "[out, groups padded]",
                           "scales": "[out, 8 * groups padded]"}
             else:
-                shapes = {"qweight": (n_in, n_out // 8), "qzeros": (n_groups, n_out // 8), "scales": (n_groups, n_out)}
                 layout = {"qweight": "[in, out / 8]", "qzeros": "[groups, out / 8]", "scales": "[groups, out]"}
         dtypes = {"qweight": ("I32", "U32"), "qzeros": ("I32", "U32"),
                   "scales": ("F16", "BF16", "F32"), "g_idx": ("I32", "I64")}

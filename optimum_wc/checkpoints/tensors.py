@@ -11,15 +11,13 @@ as ``uint16`` and flagged.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ExportError
-from ..layout import SAFETENSORS_INDEX
-from .integrity import read_safetensors_header
+from .integrity import checked_safetensors_header, index_shards
 
 # safetensors dtype -> (NumPy dtype, torch dtype name); bfloat16 is stored as uint16.
 DTYPES: dict[str, tuple[str, str]] = {
@@ -56,8 +54,13 @@ class TensorInfo:
 
 
 def read_header(file: Path) -> dict[str, TensorInfo]:
-    """The tensors of one ``.safetensors`` file (its ``__metadata__`` left out; a damaged header raises ModelError)."""
-    header, base = read_safetensors_header(file)
+    """The tensors of one ``.safetensors`` file (its ``__metadata__`` left out; a damaged header raises ModelError).
+
+    The header is checked against the file first: a shape or byte range the
+    file cannot hold is refused here, never met later as a huge allocation
+    or a read past the end.
+    """
+    header, base = checked_safetensors_header(file)
     return {
         name: TensorInfo(file, meta["dtype"], tuple(meta["shape"]), base + meta["data_offsets"][0], base + meta["data_offsets"][1])
         for name, meta in header.items()
@@ -67,11 +70,8 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
 
 def safetensors_files(folder: Path) -> list[Path]:
     """The checkpoint's safetensors shards (from the index when there is one), or [] when it has none."""
-    index = folder / SAFETENSORS_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        return [folder / name for name in sorted(set(weight_map.values()))]
-    return sorted(folder.glob("*.safetensors"))
+    shards = index_shards(folder)
+    return shards if shards is not None else sorted(folder.glob("*.safetensors"))
 
 
 _ALIGN = 4096  # O_DIRECT: offsets, sizes and memory aligned to this
@@ -119,9 +119,7 @@ class CheckpointTensors:
 
     def array(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a read-only view of the file (bfloat16 as uint16)."""
-        info = self.info[name]
-        if info.dtype not in DTYPES:
-            raise ExportError(f"{info.file.name}: tensor {name} has dtype {info.dtype}, which optimum-wc cannot read.")
+        info = self._readable(name)
         mapped = self._maps.get(info.file)
         if mapped is None:
             mapped = self._maps[info.file] = np.memmap(info.file, dtype=np.uint8, mode="r")
@@ -143,7 +141,7 @@ class CheckpointTensors:
         (fresh memory costs the kernel a page clearing per page; a reused
         buffer does not).  The result is a view of it.
         """
-        info = self.info[name]
+        info = self._readable(name)
         if out is None or out.nbytes < self.buffer_bytes(name):
             out = np.empty(self.buffer_bytes(name), dtype=np.uint8)
         skip = (-out.ctypes.data) % _ALIGN  # the first aligned byte of the buffer
@@ -159,6 +157,13 @@ class CheckpointTensors:
             data = out[: info.nbytes]
         self._count(name)
         return data.view(DTYPES[info.dtype][0]).reshape(info.shape)
+
+    def _readable(self, name: str) -> TensorInfo:
+        info = self.info[name]
+        if info.dtype not in DTYPES:
+            raise ExportError(f"{info.file.name}: tensor {name} has dtype {info.dtype}, which optimum-wc cannot read; "
+                              f"it reads {', '.join(DTYPES)}. Save the checkpoint with one of them.")
+        return info
 
     def buffer_bytes(self, name: str) -> int:
         """The size of a buffer :meth:`read` can read tensor ``name`` into."""

@@ -153,7 +153,11 @@ def parse_ignored_scope(specs: list[str] | None) -> dict[str, list[str]] | None:
             if unknown:
                 raise UsageError(f"--ignored-scope has unknown keys {unknown}; use 'names', 'patterns' and 'types'.")
             for key, items in value.items():
-                scope[key].extend([items] if isinstance(items, str) else list(items))
+                items = [items] if isinstance(items, str) else items
+                if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                    raise UsageError(f"--ignored-scope {spec!r}: {key} must be a string or a list of strings, "
+                                     f'e.g. {{"{key}": ["..."]}}.')
+                scope[key].extend(items)
             continue
         kind, sep, rest = spec.partition(":")
         key = {"name": "names", "pattern": "patterns", "type": "types"}.get(kind.lower()) if sep else None

@@ -185,7 +185,7 @@ class IgnoredScope:
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
-            if not all(isinstance(v, str) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"ignored_scope.{name}={value!r} must be a list of strings.")
             object.__setattr__(self, name, tuple(value))
 
@@ -201,11 +201,8 @@ class IgnoredScope:
                 raise ConfigError(
                     f"ignored_scope has unknown keys {unknown}; use 'names', 'patterns' and 'types'."
                 )
-            return cls(
-                names=tuple(value.get("names") or ()),
-                patterns=tuple(value.get("patterns") or ()),
-                types=tuple(value.get("types") or ()),
-            )
+            return cls(names=value.get("names") or (), patterns=value.get("patterns") or (),
+                       types=value.get("types") or ())
         if all(hasattr(value, a) for a in ("names", "patterns", "types")):  # nncf.IgnoredScope
             return cls(names=tuple(value.names), patterns=tuple(value.patterns), types=tuple(value.types))
         raise ConfigError(

@@ -176,8 +176,11 @@ class WeightCompressionConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "WeightCompressionConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a compression config must be a dict of options, not a {type(data).__name__}; "
+                              "write a JSON object such as {\"mode\": \"int4_asym\"}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
             raise ConfigError(
                 f"unknown option(s) {unknown} in the compression config; allowed: {sorted(known)}. "
@@ -196,7 +199,11 @@ class WeightCompressionConfig:
         """
         from ..layout import read_config_file  # (on use: `import optimum_wc` loads only the config and errors)
 
-        data = read_config_file(Path(path))
+        try:
+            data = read_config_file(Path(path))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path} is not a JSON compression config ({exc}); write a JSON object of options, "
+                              "such as the optimum_wc_config.json an export writes.") from exc
         if data.get("dataset") is None:
             try:
                 return cls.from_dict(data)
