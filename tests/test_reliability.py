@@ -260,3 +260,30 @@ def test_read_only_target(llama_ir, small_mount):
     with pytest.raises(ExportError, match=r"read-only; choose a writable output folder"):
         compress_ir_folder(llama_ir.parent, disk / "out", WeightCompressionConfig(mode="int8_asym"))
     assert_previous_survives(disk / "out")
+
+
+def test_a_full_disk_while_writing_the_xml_never_deletes_the_discard_device(small_mount, tmp_path, monkeypatch):
+    """OpenVINO's serializer deletes its .bin path when the XML write fails; ours goes through a symlink.
+
+    Run as root with the device path itself, a full disk deleted /dev/null (found while these tests ran).
+    Here a stand-in file plays /dev/null: it must survive, and no symlink is left beside the XML.
+    """
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from optimum_wc.ir import serialize
+
+    stand_in = tmp_path / "null"
+    stand_in.write_bytes(b"")
+    monkeypatch.setattr(serialize, "DISCARD", str(stand_in))
+    x = ops.parameter([1, 4], np.float32)
+    y = x
+    for i in range(400):  # an XML far larger than the 4 KiB disk
+        y = ops.add(y, ops.constant(np.ones((1, 4), np.float32)), name=f"a_long_layer_name_{i:04d}" * 4)
+    model = ov.Model([ops.result(y)], [x])
+    disk = small_mount("size=4k")
+    with pytest.raises(RuntimeError):
+        serialize.write_xml(model, disk / "openvino_model.xml", [], [])
+    assert stand_in.is_file()
+    assert not [p for p in disk.iterdir() if p.name.endswith(".discarded.bin")]

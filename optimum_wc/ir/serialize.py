@@ -11,7 +11,10 @@ XML.  So:
    given by the caller (computed just in time for the ones still
    placeholders), deduplicates exactly, and streams them to the ``.bin``;
 2. :func:`write_xml` has OpenVINO serialize the graph with its ``.bin``
-   going to ``/dev/null`` (the placeholders' contents are irrelevant there),
+   going to ``/dev/null`` through a symlink beside the XML (the placeholders'
+   contents are irrelevant there; OpenVINO deletes the ``.bin`` path when the
+   XML cannot be written, e.g. on a full disk, and run as root it would
+   delete ``/dev/null`` itself),
    then puts the writer's offsets into the XML's ``Const`` layers, checking
    each size.
 
@@ -25,6 +28,7 @@ graph first, so the graph is the one the IR file holds.
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from pathlib import Path
@@ -140,15 +144,32 @@ _LAYER = re.compile(r'<layer id="\d+" name="[^"]*" type="([^"]+)"')
 _DATA = re.compile(r'(<data [^>]*?offset=")(\d+)(" size=")(\d+)(")')
 
 
+DISCARD = os.devnull  # where the serializer's own .bin goes (through a symlink: see write_xml)
+
+
 def write_xml(model, xml_path: Path, offsets: list[int], sizes: list[int]) -> None:
-    """Serialize ``model``'s XML with the ``.bin`` layout of ``offsets``/``sizes`` (one per Constant, in order)."""
+    """Serialize ``model``'s XML with the ``.bin`` layout of ``offsets``/``sizes`` (one per Constant, in order).
+
+    OpenVINO's serializer also writes a ``.bin``, unused here: it goes to
+    :data:`DISCARD` through a symlink beside the XML, never to the device
+    path itself, because the serializer deletes its ``.bin`` path when
+    writing fails (a full disk) and would delete ``/dev/null`` when run as root.
+    """
     import openvino as ov
     from openvino.passes import Manager, Serialize
 
     model.set_rt_info(ov.get_version(), "OpenVINO Runtime")  # as openvino.save_model writes it
-    manager = Manager()
-    manager.register_pass(Serialize(str(xml_path), "/dev/null"))
-    manager.run_passes(model)
+    discard = Path(xml_path).with_name(f".{Path(xml_path).stem}.discarded.bin")
+    if discard.is_symlink() or discard.exists():
+        discard.unlink()
+    os.symlink(DISCARD, discard)
+    try:
+        manager = Manager()
+        manager.register_pass(Serialize(str(xml_path), str(discard)))
+        manager.run_passes(model)
+    finally:
+        if discard.is_symlink():
+            discard.unlink()
     lines = Path(xml_path).read_text(encoding="utf-8").split("\n")
     index, in_const = 0, False
     for i, line in enumerate(lines):
