@@ -106,8 +106,10 @@ def full_range_params(w: np.ndarray, axis: int, num_bits: int) -> tuple[np.ndarr
         else:
             take = step < best_s
             best_s, best_z = np.where(take, step, best_s), np.where(take, z, best_z)
-    rtn_scale, rtn_zp = asymmetric_params(w, axis, num_bits)
     ok = np.isfinite(best_s)  # a range beyond float16 (or hi = lo = 0 edge cases): round to nearest's parameters
+    if np.all(ok):  # the usual case: no second pass over the weights for RTN's parameters
+        return best_s.astype(np.float32), best_z.astype(np.uint8)
+    rtn_scale, rtn_zp = asymmetric_params(w, axis, num_bits)
     return np.where(ok, best_s, rtn_scale).astype(np.float32), np.where(ok, best_z, rtn_zp).astype(np.uint8)
 
 
