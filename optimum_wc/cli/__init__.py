@@ -27,7 +27,7 @@ import threading
 from typing import Callable, Sequence
 
 from ..errors import ConfigError, OptimumWCError
-from ..staging import Terminated, forget_stop_signals, on_stop_signal
+from ..staging import Terminated, forget_stop_signals, on_stop_signal, raise_if_stopped
 from .options import (
     UsageError,
     add_compression_options,
@@ -179,7 +179,11 @@ def run_command(func: Callable[[argparse.Namespace], object], args: argparse.Nam
     verbose = bool(getattr(args, "verbose", False))
     try:
         with stop_signals_handled():
-            func(args)
+            try:
+                func(args)
+            except Exception:
+                raise_if_stopped()  # a library caught our interrupt and raised its own error (OpenVINO's converter does)
+                raise
         return 0
     except Terminated:
         print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
