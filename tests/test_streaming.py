@@ -113,7 +113,7 @@ def test_float_and_data_aware_exports_stream_too(llama_dir, llama_ir, tmp_path, 
     assert report["totals"]["by_mode"]
 
 
-def test_checkpoint_without_safetensors_is_exported_the_classic_way(llama_dir, tmp_path):
+def test_checkpoint_without_safetensors_is_exported_the_classic_way_when_pickles_are_allowed(llama_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -122,7 +122,7 @@ def test_checkpoint_without_safetensors_is_exported_the_classic_way(llama_dir, t
     torch.save(load_file(llama_dir / "model.safetensors"), legacy / "pytorch_model.bin")
     assert not list(legacy.glob("*.safetensors"))
     config = WeightCompressionConfig(mode="int8_sym")
-    a = export_folder(legacy, tmp_path / "a", config)
+    a = export_folder(legacy, tmp_path / "a", config, allow_pickle=True)
     b = export_folder(llama_dir, tmp_path / "b", config)
     assert json.loads((a / "compression_report.json").read_text())["resources"]["streamed"] is False
     assert (a / "openvino_model.bin").read_bytes() == (b / "openvino_model.bin").read_bytes()

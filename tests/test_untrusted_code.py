@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pickle
+import re
 import pkgutil
 from pathlib import Path
 
@@ -30,18 +31,91 @@ def _llama_config(folder: Path) -> None:
                 architectures=["LlamaForCausalLM"]).save_pretrained(folder)
 
 
-def test_a_malicious_float_pickle_is_never_executed(tmp_path):
-    """A float checkpoint with only ``pytorch_model.bin`` is loaded by transformers with ``torch.load(weights_only=True)``
-    (the classic export path, see test_streaming): a pickle that runs code is refused, not run."""
-    from optimum_wc.errors import ExportError
-    from optimum_wc.export.pipeline import export_folder
+PICKLE_REFUSED = (r"holds its weights only as pickled files \(pytorch_model.bin\); optimum-wc reads safetensors by "
+                  r"default, because opening a pickle can run code\. Convert the checkpoint to safetensors .* pass "
+                  r"--allow-pickle \(allow_pickle=True\)")
 
+
+@pytest.fixture()
+def pickled(tmp_path):
+    """A float checkpoint whose only weights are a ``pytorch_model.bin`` that writes a marker when unpickled."""
     folder, marker = tmp_path / "model", tmp_path / "marker"
     _llama_config(folder)
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(ExportError, match="Weights only load failed"):
+    return folder, marker
+
+
+def test_a_float_pickle_is_refused_by_default(pickled, tmp_path):
+    from optimum_wc.errors import ModelError
+    from optimum_wc.export.pipeline import export_folder
+
+    folder, marker = pickled
+    with pytest.raises(ModelError, match=PICKLE_REFUSED):
         export_folder(folder, tmp_path / "out", None)
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["export", "{m}", "{o}"], ["export", "{m}", "{o}", "--weight-format", "int4"],
+                                  ["tune", "{m}", "{o}", "--max-ppl-increase", "5%"]])
+def test_every_command_refuses_a_float_pickle_by_default(pickled, tmp_path, capsys, argv):
+    from optimum_wc.cli import main
+
+    folder, marker = pickled
+    code = main([a.format(m=folder, o=tmp_path / "out") for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1 and re.search(PICKLE_REFUSED, err), err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_a_pickled_reference_by_default(pickled, llama_ir, tmp_path, capsys):
+    from optimum_wc.cli import main
+
+    folder, marker = pickled
+    code = main(["eval", str(llama_ir.parent), "--reference", str(folder), "--tokens", "64"])
+    err = capsys.readouterr().err
+    assert code == 1 and re.search(PICKLE_REFUSED, err), err
+    assert not marker.exists()
+
+
+def test_from_pretrained_refuses_a_float_pickle_by_default(pickled):
+    from optimum_wc.errors import ModelError
+    from optimum_wc import OVModelForCausalLM
+
+    folder, marker = pickled
+    with pytest.raises(ModelError, match=PICKLE_REFUSED):
+        OVModelForCausalLM.from_pretrained(folder, export=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["api", "cli"])
+def test_with_allow_pickle_a_malicious_pickle_is_still_never_executed(pickled, tmp_path, capsys, how):
+    """Opted in, the pickle is read by transformers with ``torch.load(weights_only=True)``: code in it is refused,
+    not run (a real one is exported: test_streaming)."""
+    from optimum_wc.cli import main
+    from optimum_wc.errors import ExportError
+    from optimum_wc.export.pipeline import export_folder
+
+    folder, marker = pickled
+    if how == "api":
+        with pytest.raises(ExportError, match="Weights only load failed"):
+            export_folder(folder, tmp_path / "out", None, allow_pickle=True)
+    else:
+        assert main(["export", str(folder), str(tmp_path / "out"), "--allow-pickle"]) == 1
+        assert "Weights only load failed" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_safetensors_beside_a_pickle_are_read_and_the_pickle_is_never_opened(llama_dir, tmp_path):
+    """A folder with safetensors weights needs no opt-in: loaders prefer them and never open the .bin."""
+    import shutil
+
+    from optimum_wc.export.pipeline import export_folder
+
+    folder, marker = tmp_path / "model", tmp_path / "marker"
+    shutil.copytree(llama_dir, folder)
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    export_folder(folder, tmp_path / "out", None)
+    assert (tmp_path / "out" / "openvino_model.xml").is_file() and not marker.exists()
 
 
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])

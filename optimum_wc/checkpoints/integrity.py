@@ -34,6 +34,7 @@ DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0"
               "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
               "I64": 64, "U64": 64, "F64": 64, "C64": 64}
 FIX = "Re-download the checkpoint (or save it again with save_pretrained)."
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # torch.save's files: opening one runs the pickle's code
 
 
 def _damaged(file: Path, problem: str) -> ModelError:
@@ -177,3 +178,31 @@ def check_checkpoint_files(folder: str | Path) -> None:
     """
     for file in checkpoint_weight_files(Path(folder)):
         check_safetensors_file(file)
+
+
+def pickled_weight_files(folder: str | Path) -> list[Path]:
+    """The pickled weight files a loader would open in ``folder``: its ``.bin``/``.pt``/``.pth``/``.ckpt`` files
+    when it holds no safetensors weights (a loader prefers safetensors and then never opens a pickle)."""
+    folder = Path(folder)
+    if checkpoint_weight_files(folder):
+        return []
+    return sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file())
+
+
+def check_pickled_weights(folder: str | Path, allow_pickle: bool = False) -> None:
+    """Refuse a checkpoint whose weights are only pickled, unless the user opted in with ``allow_pickle``.
+
+    Objective: nothing from a stranger's checkpoint runs as code by default.
+    A pickle runs code when opened; Transformers opens ``pytorch_model.bin``
+    with ``torch.load(weights_only=True)``, whose restricted unpickler is the
+    only guard, so reading one is the user's explicit choice.
+    """
+    files = pickled_weight_files(folder)
+    if files and not allow_pickle:
+        names = ", ".join(f.name for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        raise ModelError(
+            f"{folder} holds its weights only as pickled files ({names}); optimum-wc reads safetensors by default, "
+            "because opening a pickle can run code. Convert the checkpoint to safetensors (load it where you trust "
+            "it and save_pretrained(..., safe_serialization=True)), or, if you trust its source, pass --allow-pickle "
+            "(allow_pickle=True): it is then read with torch.load(weights_only=True)."
+        )

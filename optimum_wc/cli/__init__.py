@@ -30,6 +30,7 @@ from ..errors import ConfigError, OptimumWCError
 from ..staging import Terminated, forget_stop_signals, on_stop_signal, raise_if_stopped
 from .options import (
     UsageError,
+    add_allow_pickle_option,
     add_compression_options,
     add_export_options,
     add_output_options,
@@ -104,6 +105,7 @@ def _add_eval_parser(sub) -> None:
                    help="the float model to compare with (top-1 agreement, KL): its OpenVINO IR folder, or the "
                         "Transformers checkpoint the model was exported from (exported once to a float IR, cached "
                         "in ~/.cache/optimum-wc/references; $OPTIMUM_WC_CACHE moves it)")
+    add_allow_pickle_option(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", metavar="FILE", help="a text file or a folder of .txt files (default: a built-in "
                                                      "excerpt of Pride and Prejudice)")

@@ -91,14 +91,14 @@ def cmd_export(args: argparse.Namespace) -> dict:
     from ..export.float_ir import check_model_source
     from ..export.pipeline import export_folder
 
-    check_model_source(model, args.trust_remote_code)  # a missing or wrong model fails before any message
+    check_model_source(model, args.trust_remote_code, allow_pickle=args.allow_pickle)  # fails before any message
     console.say(f"Exporting {model} -> {output} ({_describe(config)})")
 
     if not console.verbose:
         _quiet_third_party(console.progress)
     start = time.perf_counter()
     export_folder(model, output, config, task=task, trust_remote_code=args.trust_remote_code,
-                  progress=console.progress, mxfp4_experts=args.mxfp4_experts)
+                  progress=console.progress, mxfp4_experts=args.mxfp4_experts, allow_pickle=args.allow_pickle)
     console.say(f"Done in {time.perf_counter() - start:.1f} s")
     return _print_summary(output, console)
 
@@ -183,7 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     if reference is not None:
         from ..export.reference import check_reference
 
-        check_reference(reference)
+        check_reference(reference, args.allow_pickle)
     console = Console(args)
     text, source = eval_text(args)
     if not console.verbose:
@@ -196,7 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     if reference is not None:  # a checkpoint: its float IR, exported once into the cache
         from ..export.reference import reference_ir
 
-        irs["reference"] = reference_ir(reference, progress=console.progress, say=console.say)
+        irs["reference"] = reference_ir(reference, progress=console.progress, say=console.say,
+                                        allow_pickle=args.allow_pickle)
     console.say(f"Evaluating {model_dir} on {len(tokens)} tokens of {source}"
                 + (f" against {reference}" if reference else ""))
     names = {"model": model_dir}

@@ -116,12 +116,24 @@ def add_export_options(parser: argparse.ArgumentParser, *, optimum_cli: bool = F
                    help="output folder (replaced only once the new model is complete)")
     g.add_argument("--task", default="auto",
                    help="text-generation-with-past (default: inferred, also for a local folder) or text-generation")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's custom modelling code")
+    add_source_trust_options(g)
     g.add_argument("--mxfp4-experts", choices=["i8", "f4e2m1"], default=None, type=str.lower,
                    help="gpt-oss MXFP4 experts in the IR, both exact: i8 (default; OpenVINO 2026.4 runs them "
                         "compressed) or f4e2m1 (as stored, half the size; OpenVINO 2026.4 decompresses them)")
     add_compression_options(parser)
     add_output_options(parser)
+
+
+def add_source_trust_options(group) -> None:
+    """What of a stranger's checkpoint may run as code: both off unless asked for."""
+    group.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's custom modelling code")
+    add_allow_pickle_option(group)
+
+
+def add_allow_pickle_option(group) -> None:
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="read a checkpoint whose weights are only pickled (pytorch_model.bin), with "
+                            "torch.load(weights_only=True); refused by default, as opening a pickle can run code")
 
 
 def export_model_arg(args: argparse.Namespace) -> str:

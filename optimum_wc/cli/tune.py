@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .options import UsageError, add_output_options
+from .options import UsageError, add_output_options, add_source_trust_options
 
 
 def add_tune_parser(sub) -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def add_tune_parser(sub) -> argparse.ArgumentParser:
                    help="work folder: float IR, statistics and cached results, so an interrupted tune resumes "
                         "(default OUT.tune beside OUT)")
     p.add_argument("--keep-work", action="store_true", help="keep the work folder at the end")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's custom modelling code")
+    add_source_trust_options(p)
     add_output_options(p)
     return p
 
@@ -87,7 +87,7 @@ def cmd_tune(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     result = tune_model(args.model, args.output, settings, progress=console.progress, say=console.say,
-                        trust_remote_code=args.trust_remote_code)
+                        trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     c = result.chosen
     console.out((args.output / TABLE_MD).read_text())
     console.out(f"Chosen: {c.candidate.name}: {c.size_bytes / 2**20:.2f} MiB, perplexity {c.perplexity:.3f} "

@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoints.integrity import check_checkpoint_files
+from ..checkpoints.integrity import check_checkpoint_files, check_pickled_weights
 from ..errors import ExportError
 from ..layout import IR_XML
 from .exporters import check_exportable, model_type_of, verified_exporters
 from .noise import exporter_quiet
 
 
-def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False, task: str | None = None) -> None:
+def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = False, task: str | None = None,
+                       allow_pickle: bool = False) -> None:
     """Fail early, with the fix, on a missing folder, a model that is not a causal LM, one optimum-intel cannot
-    export, or a damaged weight file.
+    export, a damaged weight file, or weights only pickled (unless ``allow_pickle``, see
+    :func:`~optimum_wc.checkpoints.integrity.check_pickled_weights`).
 
     The weight files are checked from their headers only
     (:func:`~optimum_wc.checkpoints.integrity.check_checkpoint_files`).
@@ -57,6 +59,7 @@ def check_model_source(model_id: str | os.PathLike, trust_remote_code: bool = Fa
     if not trust_remote_code or not getattr(config, "auto_map", None):  # custom code may bring its own exporter
         check_exportable(config.model_type, architectures, task)
     check_checkpoint_files(path)
+    check_pickled_weights(path, allow_pickle)
 
 
 def export_float_ir(model_id: str | os.PathLike, output: Path, task: str | None = None, trust_remote_code: bool = False,

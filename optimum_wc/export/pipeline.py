@@ -184,6 +184,7 @@ def export_folder(
     trust_remote_code: bool = False,
     progress: bool = False,
     mxfp4_experts: str | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Export ``model_id`` to ``output_dir`` as OpenVINO IR compressed by our engine (``config=None``: kept float).
 
@@ -192,10 +193,12 @@ def export_folder(
     Peak memory and bytes read/written go to the report's ``resources``.
     ``mxfp4_experts``: the IR form of MXFP4 MoE experts (``"i8"``, the
     default, or ``"f4e2m1"``, see :mod:`optimum_wc.checkpoints.mxfp4`).
+    ``allow_pickle``: read a checkpoint whose weights are only pickled
+    (``pytorch_model.bin``; with ``torch.load(weights_only=True)``), refused by default.
     """
     wc_config = None if config is None else WeightCompressionConfig.coerce(config)
     check_experts_as(mxfp4_experts)
-    check_model_source(model_id, trust_remote_code, task)
+    check_model_source(model_id, trust_remote_code, task, allow_pickle)
     target = Path(output_dir)
     # staging holds the float IR (about the checkpoint's size) and the output (at most that): for a full disk's message
     needed = 2 * folder_bytes(Path(model_id)) if Path(model_id).is_dir() else 0

@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..checkpoints.integrity import check_pickled_weights
 from ..errors import ExportError
 from ..layout import IR_XML
 
@@ -86,8 +87,9 @@ def is_ir_folder(path: Path) -> bool:
     return (Path(path) / IR_XML).is_file()
 
 
-def check_reference(path: str | os.PathLike) -> None:
-    """``path`` is an IR folder or a Transformers checkpoint folder (config.json), else an error with the fix."""
+def check_reference(path: str | os.PathLike, allow_pickle: bool = False) -> None:
+    """``path`` is an IR folder or a Transformers checkpoint folder (config.json), else an error with the fix;
+    a checkpoint whose weights are only pickled needs ``allow_pickle``."""
     path = Path(os.fspath(path))
     if is_ir_folder(path):
         return
@@ -95,10 +97,11 @@ def check_reference(path: str | os.PathLike) -> None:
         what = "not found" if not path.exists() else f"holds neither {IR_XML} nor config.json"
         raise ExportError(f"reference {str(path)!r} {what}; pass the float OpenVINO IR folder, or the Transformers "
                           "checkpoint folder the model was exported from.")
+    check_pickled_weights(path, allow_pickle)
 
 
 def reference_ir(model: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                 trust_remote_code: bool = False, progress: bool = False,
+                 trust_remote_code: bool = False, progress: bool = False, allow_pickle: bool = False,
                  say: Callable[[str], None] | None = None) -> Path:
     """The float OpenVINO IR folder of ``model``, to evaluate a compressed model against.
 
@@ -111,7 +114,7 @@ def reference_ir(model: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
     from .pipeline import export_folder  # (here: check_reference stays light for the command line)
 
     path = Path(os.fspath(model))
-    check_reference(path)
+    check_reference(path, allow_pickle)
     if is_ir_folder(path):
         return path
     entry = cache_entry(path, None if cache_dir is None else Path(cache_dir))
@@ -127,7 +130,8 @@ def reference_ir(model: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
         return target
     if say:
         say(f"Exporting the float reference {path} once (cached in {target})")
-    export_folder(path, target, None, trust_remote_code=trust_remote_code, progress=progress)
+    export_folder(path, target, None, trust_remote_code=trust_remote_code, progress=progress,
+                  allow_pickle=allow_pickle)
     for stale in entry.iterdir():  # IRs of the checkpoint as it was before
         if stale != target and not stale.name.startswith("."):
             shutil.rmtree(stale, ignore_errors=True)

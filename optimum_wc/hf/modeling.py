@@ -30,9 +30,13 @@ class OVModelForCausalLM(_OVModelForCausalLM):
     """optimum-intel's ``OVModelForCausalLM``, compressing with optimum-wc's engine."""
 
     @classmethod
-    def from_pretrained(cls, model_id, *args, export: bool = False, quantization_config=None, **kwargs):
+    def from_pretrained(cls, model_id, *args, export: bool = False, quantization_config=None,
+                        allow_pickle: bool = False, **kwargs):
+        """optimum-intel's ``from_pretrained``; with ``export=True`` the checkpoint is checked first, and weights
+        that are only pickled are read only with ``allow_pickle=True``."""
         if export:
-            check_model_source(model_id, trust_remote_code=kwargs.get("trust_remote_code", False))
+            check_model_source(model_id, trust_remote_code=kwargs.get("trust_remote_code", False),
+                               allow_pickle=allow_pickle)
         elif Path(str(model_id)).exists() and not (Path(str(model_id)) / IR_XML).is_file():
             raise ExportError(f"{model_id} holds no {IR_XML}; to convert a Transformers checkpoint pass export=True.")
         if quantization_config is not None and not isinstance(quantization_config, WeightCompressionConfig):

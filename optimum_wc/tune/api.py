@@ -98,7 +98,7 @@ def _check_float_ir(model: str | Path) -> None:
                             "checkpoint it was made from.")
 
 
-def _float_ir(model: str | Path, work: _Work, trust_remote_code: bool, say) -> Path:
+def _float_ir(model: str | Path, work: _Work, trust_remote_code: bool, allow_pickle: bool, say) -> Path:
     """The float IR folder: ``model`` itself when it is one, else exported once into the work folder."""
     from ..export.pipeline import export_folder
 
@@ -108,7 +108,7 @@ def _float_ir(model: str | Path, work: _Work, trust_remote_code: bool, say) -> P
     target = work.root / "float"
     if not (target / IR_XML).is_file():
         say(f"Exporting the float model {model} (once; kept in {work.root})")
-        export_folder(model, target, None, trust_remote_code=trust_remote_code)
+        export_folder(model, target, None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return target
 
 
@@ -166,8 +166,12 @@ def _predicted_sizes(float_ir: Path) -> dict[Layout, int]:
 
 
 def tune_model(model: str | Path, output: str | Path, settings: TuneSettings, *, progress: bool = False,
-               say: Callable[[str], None] | None = None, trust_remote_code: bool = False) -> TuneResult:
-    """Export to ``output`` the smallest model within ``settings``' budget; see :class:`TuneSettings`."""
+               say: Callable[[str], None] | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False) -> TuneResult:
+    """Export to ``output`` the smallest model within ``settings``' budget; see :class:`TuneSettings`.
+
+    ``trust_remote_code`` and ``allow_pickle``: as in :func:`~optimum_wc.export.pipeline.export_folder`.
+    """
     from ..calibration.samples import load_tokenizer
     from ..evaluation import load_text, sample_text, tokenize_prefix
 
@@ -179,7 +183,7 @@ def tune_model(model: str | Path, output: str | Path, settings: TuneSettings, *,
     runner = RayRunner(settings.ray, settings.jobs if settings.jobs > 1 else None) if settings.ray else \
         LocalRunner(settings.jobs)
     work = _Work(Path(settings.work_dir) if settings.work_dir else output.parent / f"{output.name}.tune")
-    float_ir = _float_ir(model, work, trust_remote_code, say)
+    float_ir = _float_ir(model, work, trust_remote_code, allow_pickle, say)
     tokenizer = load_tokenizer(float_ir)
     text = load_text(settings.text) if settings.text else sample_text()
     tokens = tokenize_prefix(tokenizer, text, settings.tokens)
