@@ -296,7 +296,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="a Transformers checkpoint folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--eval-text", type=Path, help=f"evaluation text (default: shared Austen {EVAL_FILE})")
     p.add_argument("--calib-text", type=Path, nargs="+",
-                   help="calibration texts for data-aware configs (default: the other Austen novels)")
+                   help="calibration texts for data-aware configs (default: the other Austen novels); 'auto': "
+                        "text the float model generates itself, the same for both engines")
     p.add_argument("--configs", help=f"comma-separated config names, or 'all' (known: {', '.join(CONFIGS)})")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report (default: BENCHMARKS.md)")
     p.add_argument("--section", help="write the report as the section '## SECTION' of --out, keeping the rest "
@@ -326,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"evaluation text {eval_text or EVAL_FILE!r} not found; pass --eval-text FILE")
     eval_text = Path(eval_text)
     calib_texts = []
-    if any(c.needs_data for c in configs):
+    self_generated = [str(t) for t in args.calib_text or []] == ["auto"]
+    if any(c.needs_data for c in configs) and not self_generated:
         calib_texts = list(args.calib_text or default_calib_texts(eval_text))
         if not calib_texts:
             raise SystemExit("the data-aware configs need calibration text; pass --calib-text FILE ...")
@@ -340,6 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     (run_dir / "logs").mkdir(parents=True)
     n_calib = max((c.subset_size for c in configs if c.needs_data), default=0) * CALIB_SEQ_LEN
     eval_file, calib_file = write_tokens(float_ir, run_dir, eval_text, args.eval_tokens, calib_texts, n_calib)
+    generation_s = None
+    if self_generated and n_calib:  # both engines get the float model's own text (benchmarks.self_generated)
+        from .self_generated import write_self_generated_tokens
+
+        calib_file, generation_s = write_self_generated_tokens(float_ir, run_dir, n_calib // CALIB_SEQ_LEN,
+                                                               CALIB_SEQ_LEN)
     n_tokens = len(np.load(eval_file))
 
     reference = run_dir / "float_argmax.npy"
@@ -358,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows=rows,
         settings={
             **settings_text(args, eval_text, n_tokens, float_raw["speed"].get("properties", {})),
+            **({} if generation_s is None else {"Calibration data": (
+                f"none from the user: {n_calib // CALIB_SEQ_LEN} samples of {CALIB_SEQ_LEN} tokens the float model "
+                f"generated itself (optimum-wc's dataset='auto' sampler, seed 0), given to both engines; generating "
+                f"them took {generation_s:.1f} s, not counted in either engine's compression time")}),
             "Machine load": f"1-minute load average {load_at_start:.1f} at the start of the run, "
                             f"{os.getloadavg()[0]:.1f} at the end (above the core count, other processes "
                             "competed for the CPU and speed/time figures are less reliable)",

@@ -71,3 +71,22 @@ def test_report_has_context_and_ratios(report):
         for cell in cells:
             ratio, verdict = cell.split(" ")
             assert float(ratio.rstrip("x")) > 0 and verdict in ("pass", "MISS")
+
+
+def test_self_generated_calibration_is_the_auto_sampler_s_text(llama_ir, tmp_path):
+    """``--calib-text auto`` gives both engines the samples ``dataset="auto"`` would make, one per 128-token chunk."""
+    import numpy as np
+    import openvino as ov
+    from transformers import AutoTokenizer
+
+    from benchmarks.self_generated import write_self_generated_tokens
+    from benchmarks.worker import CALIB_SEQ_LEN
+    from optimum_wc.calibration.samples import prepare_samples
+
+    folder = llama_ir.parent
+    path, seconds = write_self_generated_tokens(folder, tmp_path, 3, CALIB_SEQ_LEN)
+    tokens = np.load(path)
+    expected = prepare_samples("auto", AutoTokenizer.from_pretrained(folder), 3, CALIB_SEQ_LEN,
+                               ov_model=ov.Core().read_model(llama_ir), seed=0)
+    assert tokens.shape == (3 * CALIB_SEQ_LEN,) and seconds > 0
+    np.testing.assert_array_equal(tokens.reshape(3, CALIB_SEQ_LEN), np.stack(expected))
