@@ -46,6 +46,9 @@ KINDS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "
          "weight_global_scale", "input_global_scale")
 INT_DTYPES = ("I32",)
 SCALE_DTYPES = ("F16", "BF16", "F32")
+# safetensors dtype -> the NumPy dtype the reader hands out (bfloat16 as float32, float8 as its bytes)
+READ_AS = {"I32": "int32", "I64": "int64", "I8": "int8", "U8": "uint8", "F8_E4M3": "uint8", "F16": "float16",
+           "BF16": "float32", "F32": "float32"}
 
 
 def layer_tensors(tensors: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, dict[str, str]]:
@@ -104,32 +107,40 @@ def check_layer(prefix: str, found: dict[str, str], fmt: PrequantizedFormat, ten
             f"{prefix}: {n_in} input channels are not a multiple of group_size={group.group_size}, which "
             "compressed-tensors requires; the checkpoint is corrupt or its config is wrong."
         )
+    _check_kinds(prefix, group, n_out, n_in, {k: (name, tuple(tensors[name].shape), tensors[name].dtype)
+                                              for k, name in found.items()})
+    return QuantizedLinear(prefix, n_in, n_out, dict(found), group)
+
+
+def _check_kinds(prefix: str, group: LayerGroup, n_out: int, n_in: int,
+                 kinds: dict[str, tuple[str, tuple[int, ...], str]], read_as: dict[str, str] | None = None) -> None:
+    """Every tensor the layer needs is there, every known one of its dtype and shape (``kinds``: ``{kind: (name,
+    shape, dtype)}``, safetensors dtypes; ``read_as``: NumPy dtypes instead, mapped from safetensors' by it)."""
     expected = expected_tensors(group, n_out, n_in)
     optional = {"weight_g_idx": ((n_in,), ("I32", "I64"), "[in]"), "weight_shape": ((2,), ("I32", "I64"), "[2]")}
     for kind in expected:
-        if kind not in found:
+        if kind not in kinds:
             raise ExportError(
-                f"{prefix}.{kind} is missing from the checkpoint ({', '.join(sorted(found.values()))} are there): "
-                f"a {group.checkpoint_format} {'symmetric' if group.sym else 'asymmetric'} layer needs "
+                f"{prefix}.{kind} is missing from the checkpoint ({', '.join(sorted(n for n, _, _ in kinds.values()))} "
+                f"are there): a {group.checkpoint_format} {'symmetric' if group.sym else 'asymmetric'} layer needs "
                 f"{', '.join(expected)}. The checkpoint is incomplete: re-download or re-save it."
             )
-    for kind, name in found.items():
+    for kind, (name, got_shape, got_dtype) in kinds.items():
         shape, dtypes, layout = {**optional, **expected}.get(kind, (None, None, None))
         if shape is None:
             continue
-        info = tensors[name]
-        if info.dtype not in dtypes:
+        dtypes = tuple(dict.fromkeys(read_as[d] for d in dtypes)) if read_as else dtypes
+        if got_dtype not in dtypes:
             raise ExportError(
-                f"{name} is {info.dtype}, but a {group.checkpoint_format} {kind} must be {' or '.join(dtypes)}; "
+                f"{name} is {got_dtype}, but a {group.checkpoint_format} {kind} must be {' or '.join(dtypes)}; "
                 "re-save the checkpoint with compressed-tensors."
             )
-        if info.shape != shape and not (kind == "weight_scale" and shape == (1,) and info.shape in ((), (1, 1))):
+        if got_shape != shape and not (kind == "weight_scale" and shape == (1,) and got_shape in ((), (1, 1))):
             raise ExportError(
-                f"{name} has shape {list(info.shape)}, but config.json makes {prefix}.weight [{n_out}, {n_in}], so "
+                f"{name} has shape {list(got_shape)}, but config.json makes {prefix}.weight [{n_out}, {n_in}], so "
                 f"a {group.bits}-bit {group.checkpoint_format} {kind} must be {list(shape)} ({layout}). The weights "
                 "and the config disagree: use the config saved with these weights."
             )
-    return QuantizedLinear(prefix, n_in, n_out, dict(found), group)
 
 
 
@@ -145,6 +156,9 @@ def unpack_int32(packed: np.ndarray, bits: int, count: int, axis: int) -> np.nda
 def convert_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray], n_in: int, n_out: int) -> LayerWeights:
     """One compressed-tensors linear in exact integer form (``arrays``: its tensors by kind)."""
     bits, mid = group.bits, 1 << (group.bits - 1)
+    # the reader checked the headers; the values handed in are checked again (this converter is public)
+    _check_kinds(prefix, group, n_out, n_in, {k: (f"{prefix}.{k}", np.shape(a), np.asarray(a).dtype.name)
+                                              for k, a in arrays.items()}, read_as=READ_AS)
     names = {"qzeros": f"{prefix}.weight_zero_point", "scales": f"{prefix}.weight_scale"}
     if group.fp4:
         return _fp4_layer(prefix, group, arrays, n_in, n_out)
@@ -175,6 +189,12 @@ def convert_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray],
             zp = unpack_int32(zp, bits, n_out, axis=0)  # [out, G]
         zeros = np.broadcast_to(zp.reshape(-1, n_groups) if zp.size > 1 else zp.reshape(1, 1), (n_out, n_groups)).T
         zeros = zeros.astype(np.int32)
+        if zeros.min(initial=0) < low or zeros.max(initial=0) > high:  # (a negative one would wrap in the IR's u8)
+            raise ExportError(
+                f"{names['qzeros']} holds zero points from {int(zeros.min())} to {int(zeros.max())}, outside "
+                f"[{low}, {high}] for {bits} bits, where compressed-tensors clamps them; the checkpoint is corrupt: "
+                "re-download or re-save it."
+            )
     g_idx = arrays.get("weight_g_idx")
     if g_idx is not None and np.any(np.asarray(g_idx) < 0):  # "-1": not initialised, column order
         g_idx = None
@@ -222,7 +242,14 @@ def _fp4_layer(prefix: str, group: LayerGroup, arrays: dict[str, np.ndarray], n_
         raise ExportError(f"{prefix}.weight_global_scale is {global_scale.tolist()}, not one positive finite number; "
                           "the checkpoint is corrupt: re-download it.")
     # W = q * (s / global_scale): the IR multiplies the E4M3 scale by 1 / global_scale in float32 (one rounding)
-    second = np.full((1, 1, 1), np.float32(1.0) / global_scale[0], dtype=np.float32)
+    with np.errstate(over="ignore", divide="ignore"):
+        second = np.full((1, 1, 1), np.float32(1.0) / global_scale[0], dtype=np.float32)
+        largest = np.float32(np.abs(E4M3_VALUES[stored]).max(initial=0)) * second[0, 0, 0]
+    if not largest <= np.finfo(np.float16).max:  # then into float16, as the decompression computes
+        raise ExportError(f"{prefix}.weight_global_scale is {global_scale[0]}: the largest group scale over it, "
+                          f"{largest}, is beyond float16's {np.finfo(np.float16).max:.0f}, in which the IR "
+                          "decompresses the weights (they would be inf/NaN); the checkpoint is corrupt: re-download "
+                          "it.")
     cw = CompressedWeight(codes, E4M3_VALUES[stored].astype(np.float32), None, CompressWeightsMode.NVFP4, g,
                           (n_out, n_in), global_scale=second)
     return LayerWeights(cw, None, "NVFP4 codes and E4M3 scales kept as f4e2m1 and f8e4m3 constants; the global "

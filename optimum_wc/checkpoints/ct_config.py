@@ -6,10 +6,11 @@ kept exactly is refused with the fix.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import ExportError
-from .settings import CT_FORMATS, CT_FP4_GROUPS, LayerGroup, PrequantizedFormat
+from .settings import CT_FORMATS, CT_FP4_GROUPS, LayerGroup, PrequantizedFormat, name_list
 
 
 def compressed_tensors_format(settings: dict, source: str) -> PrequantizedFormat:
@@ -21,6 +22,8 @@ def compressed_tensors_format(settings: dict, source: str) -> PrequantizedFormat
             "Save the model with llm-compressor's save_pretrained(..., save_compressed=True)."
         )
     sparsity = settings.get("sparsity_config") or {}
+    if not isinstance(sparsity, dict):
+        raise ExportError(f"{source}: compressed-tensors sparsity_config is not a JSON object; fix the config.")
     if sparsity and str(sparsity.get("format", "dense")) != "dense":
         raise ExportError(
             f"{source}: compressed-tensors sparsity format {sparsity.get('format')!r} is not supported; optimum-wc "
@@ -32,11 +35,11 @@ def compressed_tensors_format(settings: dict, source: str) -> PrequantizedFormat
     top_format = str(settings.get("format") or "")
     parsed = tuple(_ct_group(name, group, top_format, source) for name, group in groups.items())
     first = parsed[0]
-    ignore = settings.get("ignore") or []
+    ignore = name_list(settings.get("ignore") or None, f"{source}: compressed-tensors 'ignore'")
     return PrequantizedFormat(
         method="compressed-tensors", bits=first.bits, group_size=first.group_size, sym=first.sym,
         desc_act=any(g.act_order for g in parsed), checkpoint_format=first.checkpoint_format, source=source,
-        layer_groups=parsed, ignore=tuple(str(i) for i in ignore),
+        layer_groups=parsed, ignore=ignore,
     )
 
 
@@ -78,14 +81,22 @@ def _ct_group(name: str, group: Any, top_format: str, source: str) -> LayerGroup
     if fp8 and (strategy == "group" or not args.get("symmetric", True)):
         raise ExportError(f"{where}: FP8 weights with strategy {strategy!r} / asymmetric are not supported; optimum-wc "
                           "keeps symmetric per-channel and per-tensor FP8 weights exactly.")
-    return LayerGroup(targets=_targets(group), bits=int(bits), group_size=int(group_size),
+    return LayerGroup(targets=_targets(group, where), bits=int(bits), group_size=int(group_size),
                       sym=bool(args.get("symmetric", True)), act_order=str(args.get("actorder")) == "group",
                       checkpoint_format="naive-quantized" if fmt == "int-quantized" else fmt, float_weights=fp8)
 
 
-def _targets(group: dict) -> tuple[str, ...]:
-    targets = group.get("targets") or []
-    return tuple(str(t) for t in ([targets] if isinstance(targets, str) else targets))
+def _targets(group: dict, where: str) -> tuple[str, ...]:
+    """The group's targets: "Linear", module names, or ``re:<regex>`` (compiled here, once, to refuse a bad one)."""
+    targets = name_list(group.get("targets") or None, f"{where}: 'targets'")
+    for target in targets:
+        if target.startswith("re:"):
+            try:
+                re.compile(target[3:])
+            except re.error as exc:
+                raise ExportError(f"{where}: target {target!r} is not a regular expression ({exc}); fix the "
+                                  "config.") from exc
+    return targets
 
 
 def _ct_fp4_group(where: str, group: dict, fmt: str, args: dict) -> LayerGroup:
@@ -100,5 +111,5 @@ def _ct_fp4_group(where: str, group: dict, fmt: str, args: dict) -> LayerGroup:
             f"{group_size}, not type={got[0]!r} num_bits={got[1]!r} strategy={got[2]!r} group_size={got[3]!r} "
             f"symmetric={got[4]}; fix the config (it does not describe these weights)."
         )
-    return LayerGroup(targets=_targets(group), bits=4, group_size=group_size, sym=True, act_order=False,
+    return LayerGroup(targets=_targets(group, where), bits=4, group_size=group_size, sym=True, act_order=False,
                       checkpoint_format=fmt, float_weights=True)

@@ -11,6 +11,7 @@ fix, a variant that cannot be kept exactly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import replace
@@ -94,7 +95,8 @@ def _int_setting(settings: dict, keys: tuple[str, ...], source: str, default: in
     for key in keys:
         if settings.get(key) is not None:
             value = settings[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
                 raise ExportError(f"{source}: {key}={value!r} is not an integer; fix the quantization config.")
             return int(value)
     if default is None:
@@ -222,11 +224,15 @@ def _auto_round_format(settings: dict, source: str) -> PrequantizedFormat:
         raise ExportError(f"{source}: AutoRound extra_config must be a JSON object; fix the config.")
     names = [k for k in extra if not set(k) & set("*^$[]()+?\\|")]
     regexes = [k for k in extra if k not in names]
-    overrides = tuple(
-        _override(k, k in regexes, int((extra[k] or {}).get("bits") or 0) >= 16, extra[k] or {}, source, (2, 3, 4, 8))
-        for k in names + regexes
-    )
-    return replace(fmt, overrides=overrides, producer="auto-round")
+    overrides = []
+    for k in names + regexes:
+        settings_k = {} if extra[k] is None else extra[k]
+        if not isinstance(settings_k, dict):  # (_override says so too, but the bits are read first)
+            raise ExportError(f"{source}: AutoRound extra_config[{k!r}] is not a JSON object of settings; fix the "
+                              "config.")
+        bits = _int_setting(settings_k, ("bits",), f"{source} (extra_config {k!r})", default=0)
+        overrides.append(_override(k, k in regexes, bits >= 16, settings_k, source, (2, 3, 4, 8)))
+    return replace(fmt, overrides=tuple(overrides), producer="auto-round")
 
 
 def _awq_format(settings: dict, source: str) -> PrequantizedFormat:

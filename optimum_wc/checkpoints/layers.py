@@ -34,7 +34,7 @@ from ..config import CompressWeightsMode
 from ..errors import ExportError
 from ..quant.bitpack import unpack_along_columns, unpack_along_rows, unpack_awq
 from ..quant.lowering import CompressedWeight, dequantize
-from ..quant.marlin import unpack_marlin
+from ..quant.marlin import marlin_shape_problem, unpack_marlin
 from .settings import LayerGroup, PrequantizedFormat
 
 QUANT_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
@@ -88,10 +88,22 @@ class LayerWeights:
         return out
 
 
+def refuse_non_finite(scales: np.ndarray, name: str) -> None:
+    """Refuse a NaN/inf scale, naming the tensor and the first bad value (it would make weights inf/NaN)."""
+    if not np.isfinite(scales).all():
+        bad = int(np.flatnonzero(~np.isfinite(scales.reshape(-1)))[0])
+        raise ExportError(f"{name} holds a non-finite scale ({scales.reshape(-1)[bad]} at flat index {bad}), which "
+                          "would make the layer's weights inf/NaN. The checkpoint is corrupt: re-download or "
+                          "re-quantize it.")
+
+
 def as_f16_scales(scales: np.ndarray, name: str) -> np.ndarray:
+    """Scales in float16, as the IR stores them: refused when non-finite, or when float16 changes one."""
+    refuse_non_finite(scales, name)
     if scales.dtype == np.float16:
         return scales
-    as_f16 = scales.astype(np.float16)
+    with np.errstate(over="ignore"):  # a value beyond float16 becomes inf here, and is refused below
+        as_f16 = scales.astype(np.float16)
     if not np.array_equal(as_f16.astype(np.float32), scales.astype(np.float32)):
         raise ExportError(
             f"{name} holds {scales.dtype} values that float16 cannot represent exactly; the IR stores scales in "
@@ -244,12 +256,14 @@ PACKED_DTYPES = {"qweight": ("int32", "uint32"), "qzeros": ("int32", "uint32"),
                  "scales": ("float16", "float32"), "g_idx": ("int32", "int64")}
 
 
-def check_packed(prefix: str, tensors: dict[str, np.ndarray | None], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse a packed tensor of the wrong dtype or shape, or non-finite scales, naming it (before any unpacking)."""
+def check_packed(prefix: str, tensors: dict[str, np.ndarray | None], shapes: dict[str, tuple[int, ...]],
+                 names: dict[str, str] | None = None) -> None:
+    """Refuse a packed tensor of the wrong dtype or shape, or non-finite scales, naming it (before any unpacking;
+    ``names``: the tensors' names when they are not ``<prefix>.<kind>``)."""
     for kind, array in tensors.items():
         if array is None:
             continue
-        name = f"{prefix}.{kind}"
+        name = (names or {}).get(kind, f"{prefix}.{kind}")
         if not isinstance(array, np.ndarray) or array.dtype.name not in PACKED_DTYPES[kind]:
             what = array.dtype.name if isinstance(array, np.ndarray) else type(array).__name__
             raise ExportError(f"{name} is {what}, but a packed {kind} must be {' or '.join(PACKED_DTYPES[kind])}; "
@@ -258,11 +272,8 @@ def check_packed(prefix: str, tensors: dict[str, np.ndarray | None], shapes: dic
             raise ExportError(f"{name} has shape {list(array.shape)}, but the layer's settings make it "
                               f"{list(shapes[kind])}; the weights and the config disagree: use the config saved "
                               "with these weights.")
-        if kind == "scales" and not np.isfinite(array).all():
-            bad = int(np.flatnonzero(~np.isfinite(array.reshape(-1)))[0])
-            raise ExportError(f"{name} holds a non-finite scale ({array.reshape(-1)[bad]} at flat index {bad}), which "
-                              "would make the layer's weights inf/NaN. The checkpoint is corrupt: re-download or "
-                              "re-quantize it.")
+        if kind == "scales":
+            refuse_non_finite(array, name)
 
 
 def convert_gptq_layer(
@@ -327,7 +338,19 @@ def convert_awq_layer(
 def convert_marlin_layer(prefix: str, fmt: PrequantizedFormat, packed: np.ndarray, scales: np.ndarray
                          ) -> LayerWeights:
     """One Marlin linear (GPTQ ``B`` / ``s``, AWQ ``qweight`` / ``scales``): symmetric 4-bit codes in natural order."""
-    names = {"qzeros": f"{prefix} (Marlin, symmetric)", "scales": f"{prefix}.scales"}
+    gptq = fmt.checkpoint_format == "marlin"  # AutoGPTQ's names
+    names = {"qweight": f"{prefix}.{'B' if gptq else 'qweight'}", "qzeros": f"{prefix} (Marlin, symmetric)",
+             "scales": f"{prefix}.{'s' if gptq else 'scales'}"}
+    # the layer's shape is the packed tensor's ([in / 16, 2 out]): checked before the tiles are undone
+    rows, width = packed.shape if isinstance(packed, np.ndarray) and packed.ndim == 2 else (0, 0)
+    problem = marlin_shape_problem(16 * rows, width // 2, group_count(16 * rows, fmt.group_size))
+    if problem:
+        what = f"has shape {list(packed.shape)}" if isinstance(packed, np.ndarray) else f"is {type(packed).__name__}"
+        raise ExportError(f"{names['qweight']} {what}: {problem}; the checkpoint is corrupt or does not match its "
+                          "config.json.")
+    check_packed(prefix, {"qweight": packed, "scales": scales},
+                 {"qweight": (rows, width // 2 * 2), "scales": (group_count(16 * rows, fmt.group_size), width // 2)},
+                 names)
     codes, natural = unpack_marlin(packed, scales)
     zeros = np.full(natural.shape, 8, dtype=np.int32)
     cw, note = build_weight(codes, zeros, as_f16_scales(natural, names["scales"]), None, 4, fmt.group_size, True, names)

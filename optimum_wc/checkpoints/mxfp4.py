@@ -38,7 +38,7 @@ from ..config import CompressWeightsMode
 from ..errors import ConfigError, ExportError
 from ..quant.lowering import CompressedWeight
 from .layers import LayerWeights, QuantizedLinear
-from .settings import PrequantizedFormat
+from .settings import PrequantizedFormat, name_list
 
 BLOCK = 32
 EXPERTS_AS = ("i8", "f4e2m1")
@@ -50,9 +50,9 @@ _DOUBLED_PAIRS = np.stack([_DOUBLED[np.arange(256) & 0x0F], _DOUBLED[np.arange(2
 
 def mxfp4_format(settings: dict, source: str) -> PrequantizedFormat:
     """transformers' ``Mxfp4Config`` as saved in ``config.json``."""
-    skip = settings.get("modules_to_not_convert") or []
+    skip = name_list(settings.get("modules_to_not_convert") or None, f"{source}: modules_to_not_convert")
     return PrequantizedFormat(method="mxfp4", bits=4, group_size=BLOCK, sym=True, desc_act=False,
-                              checkpoint_format="mxfp4-blocks", source=source, ignore=tuple(str(s) for s in skip),
+                              checkpoint_format="mxfp4-blocks", source=source, ignore=skip,
                               experts_as=EXPERTS_AS[0])
 
 
@@ -97,15 +97,27 @@ def check_layer(param: str, found: dict[str, str], tensors: dict, expected: dict
     if "scales" not in found:
         raise ExportError(f"{param}_scales is missing from the checkpoint (its {param}_blocks is there); the "
                           "checkpoint is incomplete: re-download it.")
+    layer = QuantizedLinear(param, n_in, n_out, dict(found), param=param, experts=experts)
+    _check_kinds(layer, {kind: (tensors[name].dtype, tuple(tensors[name].shape)) for kind, name in found.items()}, "U8")
+    return layer
+
+
+def _check_kinds(layer: QuantizedLinear, kinds: dict[str, tuple[str, tuple[int, ...]]], byte: str) -> None:
+    """The blocks and scales there, of dtype ``byte`` (safetensors' or NumPy's name) and the layer's shapes."""
+    experts, n_out, n_in = layer.ir_shape
     want = {"blocks": (experts, n_out, n_in // BLOCK, BLOCK // 2), "scales": (experts, n_out, n_in // BLOCK)}
-    for kind, name in found.items():
-        info = tensors[name]
-        if info.dtype != "U8" or tuple(info.shape) != want[kind]:
+    for kind in want:
+        name = layer.tensors.get(kind, f"{layer.param}_{kind}")
+        if kind not in kinds:
+            raise ExportError(f"{name} is missing (the layer's {', '.join(kinds)} are there); the checkpoint is "
+                              "incomplete: re-download it.")
+        dtype, shape = kinds[kind]
+        if dtype != byte or shape != want[kind]:
             raise ExportError(
-                f"{name} is {info.dtype} {list(info.shape)}, but config.json makes {param} {list(shape)} "
-                f"([experts, in, out]), so it must be U8 {list(want[kind])}; use the config saved with these weights."
+                f"{name} is {dtype} {list(shape)}, but config.json makes {layer.param} {[experts, n_in, n_out]} "
+                f"([experts, in, out]), so it must be {byte} {list(want[kind])}; use the config saved with these "
+                "weights."
             )
-    return QuantizedLinear(param, n_in, n_out, dict(found), param=param, experts=experts)
 
 
 def e2m1_codes(packed: np.ndarray) -> np.ndarray:
@@ -116,9 +128,18 @@ def e2m1_codes(packed: np.ndarray) -> np.ndarray:
     return codes
 
 
+# the largest E8M0 code whose scale 2^(s - 127) float16 holds: the IR decompresses the weights in float16
+E8M0_F16_MAX = 127 + 15
+
+
 def _check_e8m0(stored: np.ndarray, scales_name: str) -> None:
     if np.any(stored == 255):
         raise ExportError(f"{scales_name} holds the E8M0 NaN code 255; the checkpoint is corrupt.")
+    if np.any(stored > E8M0_F16_MAX):
+        raise ExportError(f"{scales_name} holds the E8M0 code {int(stored.max())}, a scale of "
+                          f"2^{int(stored.max()) - 127}, beyond float16 (the largest is 2^15), in which the IR "
+                          "decompresses the weights (they would be inf/NaN); the checkpoint is corrupt: re-download "
+                          "it.")
 
 
 def mxfp4_weight(codes: np.ndarray, stored: np.ndarray, scales_name: str, shape: tuple[int, ...]) -> CompressedWeight:
@@ -156,6 +177,8 @@ def i8_weight(levels: np.ndarray, stored: np.ndarray, scales_name: str, shape: t
 
 def convert_layer(layer: QuantizedLinear, arrays: dict[str, np.ndarray], experts_as: str = "i8") -> LayerWeights:
     """The experts ``[experts, out, in]`` in the IR form ``experts_as`` (see the module's docstring): exact."""
+    # the reader checked the headers; the arrays handed in are checked again (this converter is public)
+    _check_kinds(layer, {k: (np.asarray(a).dtype.name, np.shape(a)) for k, a in arrays.items()}, "uint8")
     stored, name = np.asarray(arrays["scales"], dtype=np.uint8)[..., None], layer.tensors["scales"]
     if experts_as == "f4e2m1":
         cw = mxfp4_weight(e2m1_codes(arrays["blocks"]), stored, name, layer.ir_shape)

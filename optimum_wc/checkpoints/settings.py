@@ -6,6 +6,22 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ..errors import ExportError
+
+
+def name_list(value: Any, where: str) -> tuple[str, ...]:
+    """A config's list of module names or patterns (one string: one name; null: none), refused when it is not."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    text = repr(value)
+    raise ExportError(f"{where} must be a list of module names, not {text if len(text) <= 80 else text[:80] + '...'}; "
+                      "fix the quantization config.")
+
+
 CT_INT_FORMATS = ("pack-quantized", "naive-quantized", "int-quantized")
 CT_FP4_GROUPS = {"nvfp4-pack-quantized": ("tensor_group", 16), "mxfp4-pack-quantized": ("group", 32)}
 CT_FORMATS = (*CT_INT_FORMATS, "float-quantized", *CT_FP4_GROUPS)

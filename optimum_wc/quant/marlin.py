@@ -40,8 +40,9 @@ def marlin_perms() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def marlin_shape_problem(in_features: int, out_features: int, n_groups: int) -> str | None:
     """Why a layer cannot be in the Marlin layout (its tiles and permutation runs do not fit), or None."""
-    if in_features % 16 or (16 * out_features) % 1024:
-        return f"Marlin needs input channels divisible by 16 and output channels by 64 (got {in_features}, {out_features})"
+    if in_features <= 0 or out_features <= 0 or in_features % 16 or (16 * out_features) % 1024:
+        return (f"Marlin needs a positive number of input channels divisible by 16 and of output channels divisible "
+                f"by 64 (got {in_features}, {out_features})")
     if (n_groups * out_features) % (64 if n_groups > 1 else 32):
         return f"Marlin's scale permutation needs groups x outputs divisible by 64 (got {n_groups} x {out_features})"
     return None
