@@ -19,6 +19,7 @@ import pytest
 from fuzz_arrays import FUZZ, NUMPY_OF, header_of, our_error, ours_or_finite, tensor
 from hypothesis import given
 from hypothesis import strategies as st
+from test_compressed_tensors import _unpack  # compressed-tensors' own unpacking, written out once
 
 from optimum_wc.checkpoints import compressed_tensors as ct
 from optimum_wc.checkpoints.settings import LayerGroup, PrequantizedFormat
@@ -88,15 +89,6 @@ def test_compressed_tensors_layer_of_random_tensors(data, group, n_in, n_out):
     lw = ours_or_finite(lambda: ct.convert_layer(PREFIX, group, arrays, n_in, n_out), (n_out, n_in), PREFIX)
     if lw is not None and not group.float_weights:  # the integers kept exactly: compressed-tensors' dequantization
         assert np.array_equal(lw.dequantized(), _reference(group, arrays, n_in, n_out))
-
-
-def _unpack(words: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """compressed-tensors' ``unpack_from_int32`` along the last axis, written here: value k at bits [b k, b k + b)."""
-    per, u = 32 // bits, words.astype(np.int64) & 0xFFFFFFFF
-    out = np.zeros(words.shape[:-1] + (words.shape[-1] * per,), dtype=np.int64)
-    for k in range(per):
-        out[..., k::per] = (u >> (bits * k)) & ((1 << bits) - 1)
-    return out[..., :count] - (1 << (bits - 1))
 
 
 def _reference(group: LayerGroup, arrays: dict, n_in: int, n_out: int) -> np.ndarray:
