@@ -8,6 +8,7 @@ that the input's producer matches.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -60,18 +61,19 @@ def apply_awq(model, plans, stats, mode: CompressWeightsMode, lazy: bool = False
     # upstream producers: a norm, or an earlier group's weight along its *output* channels (this scales each
     # of its rows, and their errors, by a constant: its grid stays the same). So searches run ahead on the
     # thread pool and edits are applied here, in order; the result does not depend on the threading.
-    for (key, members, producer, consumers, _st, weights), (s, alpha, rel) in in_order(search, searchable()):
-        names = [p.site.name for p in members]
-        absorber = find_absorber(producer, consumers)
-        if alpha == 0.0 or absorber is None:
-            records.append({"input": key[0], "layers": names, "alpha": 0.0, "absorbed_by": None})
-            continue
-        absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op, "lazy": lazy})
-        for p in members:
-            edit_float_weight(p.site, functools.partial(_scale_inputs, s=s, axis=p.site.reduction_axis), lazy)
-        stats[members[0].site.name].scale_channels(1.0 / s)  # the group now reads X / s (scale estimation's input)
-        records.append({"input": key[0], "layers": names, "alpha": alpha, "loss_vs_rtn": round(rel, 4),
-                        "absorbed_by": absorber.name})
+    with contextlib.closing(in_order(search, searchable())) as searched:  # stopped early: running searches finish
+        for (key, members, producer, consumers, _st, weights), (s, alpha, rel) in searched:
+            names = [p.site.name for p in members]
+            absorber = find_absorber(producer, consumers)
+            if alpha == 0.0 or absorber is None:
+                records.append({"input": key[0], "layers": names, "alpha": 0.0, "absorbed_by": None})
+                continue
+            absorber.absorb(producer, consumers, 1.0 / s, {"all_sites_by_op": all_sites_by_op, "lazy": lazy})
+            for p in members:
+                edit_float_weight(p.site, functools.partial(_scale_inputs, s=s, axis=p.site.reduction_axis), lazy)
+            stats[members[0].site.name].scale_channels(1.0 / s)  # the group now reads X / s (scale estimation's input)
+            records.append({"input": key[0], "layers": names, "alpha": alpha, "loss_vs_rtn": round(rel, 4),
+                            "absorbed_by": absorber.name})
     return records
 
 

@@ -14,6 +14,7 @@ model, in topological order (:mod:`optimum_wc.engine.layerwise`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -145,11 +146,12 @@ def _compress_now(plans: list[LayerPlan], step_of: Callable[[LayerPlan], Step], 
         pack_for_ir(out.compressed)
         return out
 
-    for (p, _), out in in_order(run, work):
-        apply(p, out)
-        del out
-        if bar is not None:
-            bar.update(1)
+    with contextlib.closing(in_order(run, work)) as results:  # stopped early: the running layers finish first
+        for (p, _), out in results:
+            apply(p, out)
+            del out
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
 

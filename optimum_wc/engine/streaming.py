@@ -22,6 +22,7 @@ The model object is left holding placeholders: read the IR back to use it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -90,7 +91,8 @@ def compress_to_ir(ov_model, config: WeightCompressionConfig, xml_path: str | Pa
     collecting = gc.isenabled()
     gc.disable()  # no cycles are made here; the collector would only walk the graph's many small objects
     try:
-        offsets, sizes = _write_bin(bin_path, constants, owners, results, records, float_sites, bar)
+        with contextlib.closing(results):  # an interrupt waits for the layers being rounded (they read `source`)
+            offsets, sizes = _write_bin(bin_path, constants, owners, results, records, float_sites, bar)
     finally:
         if collecting:
             gc.enable()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator
 
 AHEAD = 2  # items whose maths runs on the pool while the caller handles the current one
@@ -18,16 +18,26 @@ def in_order(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int = AHEAD)
     edits) stays deterministic.  ``items`` is consumed lazily: at most
     ``ahead + 1`` items are held, and item ``k + ahead`` is drawn only after
     the caller has handled item ``k - 1``.
+
+    Close it (``contextlib.closing``) when the caller stops early (an error,
+    Ctrl-C): closing cancels the calls not started and waits for the running
+    ones, which may read memory the caller frees next (a checkpoint's memory
+    map, a spill file); a call still running on it would crash the process.
     """
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="optimum-wc-layer")
     pending: deque = deque()
-    for item in items:
-        pending.append((item, _POOL.submit(fn, item)))
-        if len(pending) > ahead:
+    try:
+        for item in items:
+            pending.append((item, _POOL.submit(fn, item)))
+            if len(pending) > ahead:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
             head, future = pending.popleft()
             yield head, future.result()
-    while pending:
-        head, future = pending.popleft()
-        yield head, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+        wait([future for _, future in pending])
