@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 
@@ -48,3 +49,27 @@ def test_an_error_in_the_caller_leaves_no_call_running():
         for _ in results:
             raise KeyboardInterrupt
     assert sorted(running) == sorted(finished)
+
+
+def test_an_interrupt_while_waiting_for_a_result_leaves_no_call_running():
+    """Ctrl-C most often lands while the caller waits for the next layer: that layer is still running then."""
+    running, finished = [], []
+
+    def slow(i):
+        running.append(i)
+        time.sleep(0.5)
+        finished.append(i)
+        return i
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with contextlib.suppress(KeyboardInterrupt), contextlib.closing(in_order(slow, range(10))) as results:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)  # fires while next() waits for item 0
+            next(results)
+        assert running and sorted(running) == sorted(finished), (running, finished)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -32,12 +32,19 @@ def in_order(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int = AHEAD)
         for item in items:
             pending.append((item, _POOL.submit(fn, item)))
             if len(pending) > ahead:
-                head, future = pending.popleft()
-                yield head, future.result()
+                yield _first_result(pending)
         while pending:
-            head, future = pending.popleft()
-            yield head, future.result()
+            yield _first_result(pending)
     finally:
         for _, future in pending:
             future.cancel()
         wait([future for _, future in pending])
+
+
+def _first_result(pending: deque) -> tuple[Any, Any]:
+    """The first pending item and its result, removed from ``pending`` only once done (an interrupt while waiting
+    leaves it there, for the clean-up to wait on)."""
+    head, future = pending[0]
+    result = future.result()
+    pending.popleft()
+    return head, result
