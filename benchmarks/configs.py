@@ -137,6 +137,10 @@ DATA_FREE_CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("int4_asym_g128_r1.0_full", "int4_asym", group_size=128, ratio=1.0, ours_options=(("full_range", True),)),
     BenchConfig("int4_asym_g64_r1.0_full", "int4_asym", group_size=64, ratio=1.0, ours_options=(("full_range", True),)),
     BenchConfig("int4_asym_g32_r1.0_full", "int4_asym", group_size=32, ratio=1.0, ours_options=(("full_range", True),)),
+    # issue 15: data-free MSE grid (ours only; NNCF's side is its round to nearest)
+    BenchConfig("int4_asym_g128_r1.0_grid", "int4_asym", group_size=128, ratio=1.0, ours_options=(("mse_grid", True),)),
+    BenchConfig("int4_sym_g128_r1.0_grid", "int4_sym", group_size=128, ratio=1.0, ours_options=(("mse_grid", True),)),
+    BenchConfig("int4_asym_g64_r1.0_grid", "int4_asym", group_size=64, ratio=1.0, ours_options=(("mse_grid", True),)),
 )
 
 # Every other NNCF format, data-free, at NNCF's default group size and backup precision (issue 13).

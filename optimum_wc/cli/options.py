@@ -90,6 +90,9 @@ def add_compression_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--full-range", action="store_true", default=None,
                    help="data-free: the smallest asymmetric step whose grid covers each group's whole range, no "
                         "weight clipped (int4 asym; not in NNCF)")
+    g.add_argument("--mse-grid", action="store_true", default=None,
+                   help="data-free: each group's step and zero point with the smallest weight error among grids that "
+                        "keep its extreme weights as round to nearest does (2-4 bit integer modes; not in NNCF)")
     g.add_argument("--gptq-refine-rounds", type=int, default=None, metavar="N",
                    help="after GPTQ, N rounds of code and scale refinement on its layer objective (not in NNCF)")
     g.add_argument("--lora-correction", action="store_true", default=None, help="LoRA correction (needs --dataset)")
@@ -187,7 +190,8 @@ _COMPRESSION_FLAGS = {
     "backup_precision": "--backup-precision", "all_layers": "--all-layers", "sensitivity_metric": "--sensitivity-metric",
     "dataset": "--dataset", "num_samples": "--num-samples", "awq": "--awq", "scale_estimation": "--scale-estimation",
     "gptq": "--gptq", "gptq_act_order": "--gptq-act-order", "gptq_asymmetric": "--gptq-asymmetric",
-    "gptq_refine_rounds": "--gptq-refine-rounds", "mse_clipping": "--mse-clipping", "full_range": "--full-range", "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
+    "gptq_refine_rounds": "--gptq-refine-rounds", "mse_clipping": "--mse-clipping", "full_range": "--full-range", "mse_grid": "--mse-grid",
+    "lora_correction": "--lora-correction", "lora_rank": "--lora-rank",
     "sample_length": "--sample-length", "ignored_scope": "--ignored-scope",
 }
 
@@ -214,7 +218,7 @@ def config_from_args(args: argparse.Namespace) -> WeightCompressionConfig | None
                       ("group_size_fallback", "group_size_fallback"), ("awq", "awq"),
                       ("scale_estimation", "scale_estimation"), ("gptq", "gptq"), ("gptq_act_order", "gptq_act_order"),
                       ("gptq_asymmetric", "gptq_asymmetric"), ("gptq_refine_rounds", "gptq_refine_rounds"), ("mse_clipping", "mse_clipping"),
-                      ("full_range", "full_range"),
+                      ("full_range", "full_range"), ("mse_grid", "mse_grid"),
                       ("lora_correction", "lora_correction"),
                       ("num_samples", "subset_size"), ("dataset", "dataset"), ("lora_rank", "lora_rank"),
                       ("sample_length", "sample_length")):

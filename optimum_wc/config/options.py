@@ -19,7 +19,7 @@ from .choices import (
     SensitivityMetric,
 )
 
-_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping", "gptq_asymmetric", "full_range")
+_OMITTED_WHEN_OFF = ("gptq_act_order", "gptq_refine_rounds", "mse_clipping", "gptq_asymmetric", "full_range", "mse_grid")
 # The dataset of a config read back from a file when it was data (a list, a datasets.Dataset), which is never written.
 DATASET_NOT_RECORDED = "<not recorded: calibration data given as data>"
 
@@ -50,6 +50,11 @@ class WeightCompressionConfig:
     zero point and so clips one end of the range, pulling its largest weights
     towards zero by up to half a step
     (:func:`optimum_wc.quant.clipping.full_range_params`; data-free; not in NNCF).
+    ``mse_grid``: layers rounded to nearest in a 2-4 bit integer mode take,
+    per group, the step and zero point with the smallest squared weight
+    error among the grids that represent the group's smallest and largest
+    weights no worse than round to nearest does
+    (:func:`optimum_wc.quant.clipping.mse_grid_params`; data-free; not in NNCF).
     ``gptq_asymmetric``: GPTAQ's asymmetric calibration: each layer quantized
     on the partially compressed model's inputs ``X~`` aims at the *float*
     layer's output on the float model's inputs ``X``, ``min ||X W^T - X~ Q^T||``
@@ -79,6 +84,7 @@ class WeightCompressionConfig:
     mse_clipping: bool = False
     gptq_asymmetric: bool = False
     full_range: bool = False
+    mse_grid: bool = False
 
     def __post_init__(self) -> None:
         setf = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -124,8 +130,8 @@ class WeightCompressionConfig:
 
     @property
     def range_rule(self) -> str | None:
-        """How layers rounded to nearest choose their range: ``"mse"``, ``"full"`` or None (round to nearest's own)."""
-        return "mse" if self.mse_clipping else "full" if self.full_range else None
+        """How layers rounded to nearest choose their range: ``"mse"``, ``"full"``, ``"grid"`` or None (RTN's own)."""
+        return "mse" if self.mse_clipping else "full" if self.full_range else "grid" if self.mse_grid else None
 
     @property
     def data_aware_algorithms(self) -> tuple[str, ...]:
@@ -343,6 +349,14 @@ def _check_data_options(c: WeightCompressionConfig) -> None:
     if c.full_range and c.mse_clipping:
         raise ConfigError("full_range=True keeps each group's whole range and mse_clipping=True shrinks it; "
                           "set one of them to False.")
+    if not isinstance(c.mse_grid, bool):
+        raise ConfigError(f"mse_grid={c.mse_grid!r} must be True or False.")
+    if c.mse_grid and not (c.mode.is_integer and c.mode.num_bits <= 4):
+        raise ConfigError(f"mse_grid=True searches integer grids of 2-4 bits; mode={c.mode.value} has none: set "
+                          "mse_grid=False or use int4_asym, int4_sym, int3_sym or int2_sym.")
+    others = [name for name in ("mse_clipping", "full_range") if getattr(c, name)]
+    if c.mse_grid and others:
+        raise ConfigError(f"mse_grid=True and {others[0]}=True each choose every group's range; set one of them to False.")
     rounds = c.gptq_refine_rounds
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ConfigError(f"gptq_refine_rounds={rounds!r} must be an integer >= 0 (rounds of refinement after GPTQ), "
