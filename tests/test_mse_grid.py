@@ -75,6 +75,20 @@ def test_never_worse_than_round_to_nearest_and_the_extremes_are_kept(mode, gs):
     assert np.array_equal(grid.scale[moved].astype(np.float16).astype(np.float32), grid.scale[moved])
 
 
+@pytest.mark.parametrize("magnitude", [1e5, 1e-9, 1e-30, 0.0])
+@pytest.mark.parametrize("mode", MODES)
+def test_extreme_magnitudes_keep_round_to_nearest_safely(mode, magnitude):
+    """Steps beyond float16's range (or below eps) are no candidates: no warning, no larger error, finite scales."""
+    import warnings
+
+    w = heavy_tailed(14, (4, 64)) * np.float32(magnitude / 0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rtn, grid = quantize(w, mode, 32, 1), quantize(w, mode, 32, 1, ranges="grid")
+    assert np.all(np.isfinite(grid.scale))
+    assert np.all(group_errors(w, grid, 32) <= group_errors(w, rtn, 32))
+
+
 def test_a_shifted_grid_is_found():
     """Weights on a 4-bit grid whose offset is not a whole step (as GGUF Q4_1 blocks): RTN errs by a constant shift."""
     rng = np.random.default_rng(13)

@@ -165,8 +165,10 @@ def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tupl
     n = 2**mode.num_bits - 1
     lo = np.minimum(w_min, np.float32(0))
     for f in grid_steps(mode.num_bits):
-        s = (rtn_scale * np.float32(f)).astype(np.float16).astype(np.float32)
-        s = np.where(np.abs(s) < _EPS, rtn_scale, s)  # float16 underflow: keep round to nearest's step
+        with np.errstate(over="ignore"):
+            s = (rtn_scale * np.float32(f)).astype(np.float16).astype(np.float32)
+        unfit = ~np.isfinite(s) | (np.abs(s) < _EPS)  # beyond float16's range, or below eps: not a candidate
+        s = np.where(unfit, rtn_scale, s)
         if mode.is_asym:
             z0 = np.rint(-lo / s)
             zs = [np.clip(z0 + d, 0, n).astype(np.uint8) for d in (-1, 0, 1)]
@@ -174,6 +176,7 @@ def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tupl
             zs = [None]
         for z in zs:
             ok = (_extreme_error(w_min, s, z, mode) <= bound_min) & (_extreme_error(w_max, s, z, mode) <= bound_max)
+            ok &= ~unfit
             if not np.any(ok):
                 continue
             err = np.where(ok, _group_error(w, axis, s, z, mode), np.inf)
