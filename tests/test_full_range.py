@@ -91,19 +91,31 @@ def test_the_option_is_validated_and_reaches_the_command_line():
     assert config_from_args(parser.parse_args(["m", "o", "--weight-format", "int4", "--full-range"])).full_range is True
 
 
-def test_end_to_end_the_in_memory_and_streamed_exports_agree_and_differ_from_rtn(llama_dir, llama_ir, read_ir, tmp_path):
+def rtn_memory_streamed(config, llama_dir, llama_ir, read_ir, tmp_path) -> tuple[dict, dict, dict]:
+    """Constants (``{element type: {name: bytes}}``) of round to nearest's IR and of ``config``'s IR, in memory and
+    exported streamed, for the same group size."""
     import openvino as ov
 
     from optimum_wc import export_model
 
-    config = WeightCompressionConfig(mode="int4_asym", group_size=32, ratio=1.0, full_range=True)
-    rtn = compress_model(read_ir(llama_ir), WeightCompressionConfig(mode="int4_asym", group_size=32, ratio=1.0))
-    model = compress_model(read_ir(llama_ir), config)
+    rtn = compress_model(read_ir(llama_ir), WeightCompressionConfig(mode=config.mode, group_size=config.group_size,
+                                                                    ratio=config.ratio))
+    ov.save_model(compress_model(read_ir(llama_ir), config), tmp_path / "mem.xml", compress_to_fp16=False)
     export_model(llama_dir, tmp_path / "out", config, load=False)
-    ov.save_model(model, tmp_path / "mem.xml", compress_to_fp16=False)
-    streamed = ov.Core().read_model(tmp_path / "out" / "openvino_model.xml")
-    u4 = lambda m: {op.get_friendly_name(): op.get_data().tobytes() for op in m.get_ops()  # noqa: E731
-                    if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "u4"}
-    mem = u4(ov.Core().read_model(tmp_path / "mem.xml"))
-    assert mem and u4(streamed) == mem
-    assert u4(rtn).keys() == mem.keys() and u4(rtn) != mem
+
+    def consts(model) -> dict:
+        out: dict = {}
+        for op in model.get_ops():
+            if op.get_type_name() == "Constant":
+                out.setdefault(op.get_element_type().get_type_name(), {})[op.get_friendly_name()] = op.get_data().tobytes()
+        return out
+
+    core = ov.Core()
+    return consts(rtn), consts(core.read_model(tmp_path / "mem.xml")), consts(core.read_model(tmp_path / "out" / "openvino_model.xml"))
+
+
+def test_end_to_end_the_in_memory_and_streamed_exports_agree_and_differ_from_rtn(llama_dir, llama_ir, read_ir, tmp_path):
+    config = WeightCompressionConfig(mode="int4_asym", group_size=32, ratio=1.0, full_range=True)
+    rtn, mem, streamed = rtn_memory_streamed(config, llama_dir, llama_ir, read_ir, tmp_path)
+    assert mem["u4"] and streamed["u4"] == mem["u4"]
+    assert rtn["u4"].keys() == mem["u4"].keys() and rtn["u4"] != mem["u4"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_full_range import rtn_memory_streamed
 from test_mse_clipping import group_errors, heavy_tailed
 
-from optimum_wc import ConfigError, WeightCompressionConfig, compress_model
+from optimum_wc import ConfigError, WeightCompressionConfig
 from optimum_wc.config import CompressWeightsMode as M
 from optimum_wc.quant.clipping import grid_steps
 from optimum_wc.quant.lowering import dequantize, grouped, levels, quantize
@@ -122,20 +123,9 @@ def test_the_option_is_validated_and_reaches_the_command_line():
 
 
 def test_end_to_end_the_ir_holds_the_searched_grid(llama_dir, llama_ir, read_ir, tmp_path):
-    """In-memory and streamed exports agree byte for byte; each layer's IR error is no larger than RTN's IR's."""
-    import openvino as ov
-
-    from optimum_wc import export_model
-
+    """In-memory and streamed exports agree byte for byte, and their codes and scales differ from RTN's."""
     config = WeightCompressionConfig(mode="int4_asym", group_size=32, ratio=1.0, mse_grid=True)
-    rtn = compress_model(read_ir(llama_ir), WeightCompressionConfig(mode="int4_asym", group_size=32, ratio=1.0))
-    model = compress_model(read_ir(llama_ir), config)
-    export_model(llama_dir, tmp_path / "out", config, load=False)
-    ov.save_model(model, tmp_path / "mem.xml", compress_to_fp16=False)
-    streamed = ov.Core().read_model(tmp_path / "out" / "openvino_model.xml")
-    consts = lambda m, t: {op.get_friendly_name(): op.get_data().tobytes() for op in m.get_ops()  # noqa: E731
-                           if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == t}
-    mem = consts(ov.Core().read_model(tmp_path / "mem.xml"), "u4")
-    assert mem and consts(streamed, "u4") == mem
-    assert consts(rtn, "u4").keys() == mem.keys() and consts(rtn, "u4") != mem
-    assert consts(streamed, "f16") != consts(rtn, "f16")  # the scales moved too
+    rtn, mem, streamed = rtn_memory_streamed(config, llama_dir, llama_ir, read_ir, tmp_path)
+    assert mem["u4"] and streamed["u4"] == mem["u4"] and streamed["f16"] == mem["f16"]
+    assert rtn["u4"].keys() == mem["u4"].keys() and rtn["u4"] != mem["u4"]
+    assert rtn["f16"] != mem["f16"]  # the scales moved too

@@ -43,6 +43,15 @@ def _group_error(w: np.ndarray, axis: int, scale: np.ndarray, zp: np.ndarray | N
     return np.sum(np.square(q, dtype=np.float64), axis=axis, keepdims=True)  # float64: no near-tie flips
 
 
+def _keep_better(err, best, s, z, scale, zp):
+    """Per group, the candidate ``(s, z)`` where its error is strictly below the best so far (ties keep the earlier)."""
+    better = err < best
+    if not np.any(better):
+        return best, scale, zp
+    zp = None if zp is None else np.where(better, z, zp)
+    return np.where(better, err, best), np.where(better, s, scale), zp
+
+
 def mse_clipped_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale and zero point (keepdims along ``axis``) of the clipped range with the smallest weight error per group."""
     w = np.asarray(w, dtype=np.float32)
@@ -56,13 +65,7 @@ def mse_clipped_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> t
             s, z = asymmetric_params(ends * np.float32(alpha), axis, mode.num_bits)
         else:
             s, z = (full * np.float32(alpha)).astype(np.float32), None
-        err = _group_error(w, axis, s, z, mode)
-        better = err < best
-        if np.any(better):
-            best = np.where(better, err, best)
-            scale = np.where(better, s, scale)
-            if zp is not None:
-                zp = np.where(better, z, zp)
+        best, scale, zp = _keep_better(_group_error(w, axis, s, z, mode), best, s, z, scale, zp)
     return scale, zp
 
 
@@ -180,12 +183,7 @@ def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tupl
             if not np.any(ok):
                 continue
             err = np.where(ok, _group_error(w, axis, s, z, mode), np.inf)
-            better = err < best
-            if np.any(better):
-                best = np.where(better, err, best)
-                scale = np.where(better, s, scale)
-                if zp is not None:
-                    zp = np.where(better, z, zp)
+            best, scale, zp = _keep_better(err, best, s, z, scale, zp)
     return scale.astype(np.float32), zp
 
 
