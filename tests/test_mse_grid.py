@@ -90,6 +90,31 @@ def test_extreme_magnitudes_keep_round_to_nearest_safely(mode, magnitude):
     assert np.all(group_errors(w, grid, 32) <= group_errors(w, rtn, 32))
 
 
+@pytest.mark.parametrize("gs", [32, 100, 64, -1])
+@pytest.mark.parametrize("mode", MODES)
+def test_the_kernel_chooses_what_the_numpy_reference_chooses(mode, gs):
+    """The numba search and the NumPy reference sum each group's error in one order: same scales, same codes."""
+    from optimum_wc.quant import kernels
+    from optimum_wc.quant.lowering import use_fused_kernel
+
+    if not kernels.available():
+        pytest.skip("numba is not installed: only the NumPy reference runs")
+    w = heavy_tailed(15, (40, 1600))
+    w[3] = 0.25  # a constant row and a one-signed one
+    w[4] = np.abs(w[4])
+    try:
+        use_fused_kernel(False)
+        ref = quantize(w, mode, gs, 1, ranges="grid")
+        use_fused_kernel(True)
+        fused = quantize(w, mode, gs, 1, ranges="grid")
+    finally:
+        use_fused_kernel(True)
+    assert np.array_equal(fused.scale, ref.scale) and np.array_equal(fused.codes, ref.codes)
+    assert (ref.zero_point is None) == (fused.zero_point is None)
+    if ref.zero_point is not None:
+        assert np.array_equal(fused.zero_point, ref.zero_point)
+
+
 def test_a_shifted_grid_is_found():
     """Weights on a 4-bit grid whose offset is not a whole step (as GGUF Q4_1 blocks): RTN errs by a constant shift."""
     rng = np.random.default_rng(13)

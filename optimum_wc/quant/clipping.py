@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import CompressWeightsMode
-from .rtn import _EPS, asymmetric_params, quantization_params, rounded_levels
+from . import kernels
+from .rtn import _EPS, asymmetric_params, levels, quantization_params, rounded_levels
 
 MSE, FULL, GRID = "mse", "full", "grid"  # the range rules :func:`range_params` knows (None: round to nearest's own)
 
@@ -140,7 +141,8 @@ def _extreme_error(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode
     return np.abs(q * scale - x).astype(np.float64)
 
 
-def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tuple[np.ndarray, np.ndarray | None]:
+def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode,
+                    fused: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale and zero point with the smallest squared weight error among grids that keep each group's extremes.
 
     Objective, per group: ``min sum (w - deq(q(w)))^2`` over step ``s`` and
@@ -157,23 +159,58 @@ def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tupl
     scale type, so the error judged is the IR's own), each with the zero
     points ``round(-lo / s)`` and its two neighbours (asymmetric modes).
     Round to nearest's own parameters come first and win ties, so no group's
-    squared error is larger than round to nearest's.
+    squared error is larger than round to nearest's.  Each group's error is
+    summed in float64 in one fixed order, by the numba kernel with ``fused``
+    (:func:`optimum_wc.quant.kernels.grid_search_rows`, finite weights) or
+    by the NumPy reference here: both choose the same grid.
     """
     w = np.asarray(w, dtype=np.float32)
-    scale, zp = quantization_params(w, axis, mode)
-    rtn_scale = scale
-    best = _group_error(w, axis, scale, zp, mode)
-    w_min, w_max = np.min(w, axis=axis, keepdims=True), np.max(w, axis=axis, keepdims=True)
+    out_shape = w.shape[:axis] + (1,) + w.shape[axis + 1 :]
+    rows = np.ascontiguousarray(np.moveaxis(w, axis, -1)).reshape(-1, w.shape[axis])  # one group per row
+    rtn_scale, rtn_zp = quantization_params(rows, 1, mode)
+    factors = np.asarray(grid_steps(mode.num_bits), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        steps = (rtn_scale * factors).astype(np.float16).astype(np.float32)  # [groups, candidates]
+    unfit = ~np.isfinite(steps) | (np.abs(steps) < _EPS)  # beyond float16's range, or below eps: not a candidate
+    steps = np.where(unfit, rtn_scale, steps)
+    if fused and kernels.available() and np.isfinite(np.dot(rows.ravel(), rows.ravel())):
+        low, high = levels(mode)
+        scale, zp = kernels.grid_search_rows(rows, steps, unfit, rtn_scale[:, 0], None if rtn_zp is None else rtn_zp[:, 0],
+                                             low, high)
+        zp = None if rtn_zp is None else zp.astype(np.uint8)
+    else:
+        scale, zp = _grid_search_reference(rows, steps, unfit, rtn_scale, rtn_zp, mode)
+    return scale.reshape(out_shape).astype(np.float32), None if zp is None else zp.reshape(out_shape)
+
+
+def _row_errors_in_order(rows: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
+    """Each row's ``sum (deq(q(w)) - w)^2``: float32 terms, float64 squares, in the kernel's order (8 lanes, then
+    pairwise: lane ``k % 8`` sums element ``k`` in element order)."""
+    q = rounded_levels(rows, scale, zp, mode)
+    if zp is not None:
+        q -= zp.astype(np.float32)
+    q *= scale
+    q -= rows
+    sq = np.square(q, dtype=np.float64)
+    lanes = np.zeros((rows.shape[0], 8), dtype=np.float64)
+    for k in range(rows.shape[1]):  # element k into lane k % 8, each lane in element order
+        lanes[:, k % 8] += sq[:, k]
+    return (((lanes[:, 0] + lanes[:, 1]) + (lanes[:, 2] + lanes[:, 3]))
+            + ((lanes[:, 4] + lanes[:, 5]) + (lanes[:, 6] + lanes[:, 7])))[:, None]
+
+
+def _grid_search_reference(rows, steps, unfit, rtn_scale, rtn_zp, mode):
+    """:func:`mse_grid_params`'s search in NumPy, one candidate at a time over all groups (``[groups, 1]`` results)."""
+    scale, zp = rtn_scale, rtn_zp
+    best = _row_errors_in_order(rows, scale, zp, mode)
+    w_min, w_max = np.min(rows, axis=1, keepdims=True), np.max(rows, axis=1, keepdims=True)
     half = np.abs(rtn_scale).astype(np.float64) / 2
     bound_min = np.maximum(half, _extreme_error(w_min, scale, zp, mode)) * (1 + 1e-6)
     bound_max = np.maximum(half, _extreme_error(w_max, scale, zp, mode)) * (1 + 1e-6)
     n = 2**mode.num_bits - 1
     lo = np.minimum(w_min, np.float32(0))
-    for f in grid_steps(mode.num_bits):
-        with np.errstate(over="ignore"):
-            s = (rtn_scale * np.float32(f)).astype(np.float16).astype(np.float32)
-        unfit = ~np.isfinite(s) | (np.abs(s) < _EPS)  # beyond float16's range, or below eps: not a candidate
-        s = np.where(unfit, rtn_scale, s)
+    for j in range(steps.shape[1]):
+        s = steps[:, j : j + 1]
         if mode.is_asym:
             z0 = np.rint(-lo / s)
             zs = [np.clip(z0 + d, 0, n).astype(np.uint8) for d in (-1, 0, 1)]
@@ -181,20 +218,21 @@ def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode) -> tupl
             zs = [None]
         for z in zs:
             ok = (_extreme_error(w_min, s, z, mode) <= bound_min) & (_extreme_error(w_max, s, z, mode) <= bound_max)
-            ok &= ~unfit
+            ok &= ~unfit[:, j : j + 1]
             if not np.any(ok):
                 continue
-            err = np.where(ok, _group_error(w, axis, s, z, mode), np.inf)
+            err = np.where(ok, _row_errors_in_order(rows, s, z, mode), np.inf)
             best, scale, zp = _keep_better(err, best, s, z, scale, zp)
-    return scale.astype(np.float32), zp
+    return scale, zp
 
 
-def range_params(w: np.ndarray, axis: int, mode: CompressWeightsMode, rule: str) -> tuple[np.ndarray, np.ndarray | None]:
+def range_params(w: np.ndarray, axis: int, mode: CompressWeightsMode, rule: str,
+                 fused: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale and zero point of ``w`` along ``axis`` (keepdims) under the range ``rule`` (:data:`MSE`, :data:`FULL`, :data:`GRID`)."""
     if rule == MSE:
         return mse_clipped_params(w, axis, mode)
     if rule == GRID:
-        return mse_grid_params(w, axis, mode)
+        return mse_grid_params(w, axis, mode, fused)
     if rule == FULL and mode.is_asym:
         return full_range_params(w, axis, mode.num_bits)
     raise ValueError(f"no range rule {rule!r} for {mode.value}")

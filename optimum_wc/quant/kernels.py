@@ -36,7 +36,7 @@ def _kernels():
         from . import numba_kernels as nk
     except ImportError:
         return None
-    return nk.asym, nk.sym, nk.pack_codes
+    return nk.asym, nk.sym, nk.pack_codes, nk.grid_search
 
 
 _WARMING: list = []
@@ -80,7 +80,7 @@ def quantize_rows(w: np.ndarray, num_bits: int, asym: bool, pack: bool):
     symmetric) and ``err`` the flat float32 error ``deq(q) - w``.  For a
     block that is not finite the result is unspecified: check first.
     """
-    asym_kernel, sym_kernel, pack_codes = _kernels()
+    asym_kernel, sym_kernel, pack_codes, _ = _kernels()
     groups, g = w.shape
     codes = np.empty(w.shape, dtype=np.uint8)
     scale = np.empty(groups, dtype=np.float32)
@@ -99,3 +99,23 @@ def quantize_rows(w: np.ndarray, num_bits: int, asym: bool, pack: bool):
     else:
         out = codes if asym else codes.view(np.int8)
     return out, scale, zp, err.reshape(-1)
+
+
+def grid_search_rows(rows: np.ndarray, steps: np.ndarray, unfit: np.ndarray, rtn_scale: np.ndarray,
+                     rtn_zp: np.ndarray | None, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """``mse_grid``'s search, one group per row of ``rows`` (float32 ``[groups, g]``, C-contiguous, finite).
+
+    ``steps``/``unfit``: ``[groups, candidates]`` float32 steps and the ones
+    to skip; ``rtn_scale``/``rtn_zp``: round to nearest's ``[groups]``
+    parameters (zero point None when symmetric).  Returns the chosen scale
+    and zero point (float32 integers) of each group, exactly as the NumPy
+    reference of :func:`optimum_wc.quant.clipping.mse_grid_params` chooses them.
+    """
+    kernel = _kernels()[3]
+    groups = rows.shape[0]
+    scale = np.empty(groups, dtype=np.float32)
+    zp = np.empty(groups, dtype=np.float32)
+    z0 = np.zeros(groups, dtype=np.float32) if rtn_zp is None else rtn_zp.astype(np.float32)
+    shifts = np.array([0.0] if rtn_zp is None else [-1.0, 0.0, 1.0], dtype=np.float32)
+    kernel(rows, steps, unfit, rtn_scale.astype(np.float32), z0, np.float32(low), np.float32(high), shifts, scale, zp)
+    return scale, zp

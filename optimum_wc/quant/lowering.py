@@ -169,7 +169,7 @@ def _quantize_block(w: np.ndarray, axis: int, mode: CompressWeightsMode, pack: b
     if fused is not None:
         return fused
     if ranges:
-        scale, zp = range_params(w, axis, mode, ranges)
+        scale, zp = range_params(w, axis, mode, ranges, fused=use_fused_kernel())
     else:
         scale, zp = quantization_params(w, axis, mode)
     q = rounded_levels(w, scale, zp, mode)

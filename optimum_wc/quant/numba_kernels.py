@@ -242,3 +242,58 @@ def pack_sub_byte_tail(tail, bits, out):
         v = tail[k] & np.uint8(7)
         out[k >> 2] |= (v & np.uint8(3)) << np.uint8(6 - 2 * (k & 3))
         out[2] |= (v >> np.uint8(2)) << np.uint8(7 - k)
+
+@int_jit
+def _grid_point_error(x, s, z, low, high):
+    """``|(clip(rint(x / s + z)) - z) * s - x|`` in float32, as float64 (:func:`clipping._extreme_error`)."""
+    q = min(max(np.rint(x / s + z), low), high)
+    return abs(np.float64((q - z) * s - x))
+
+
+@int_jit
+def _grid_row_error(w, r, s, z, low, high):
+    """``sum ((clip(rint(w / s + z)) - z) * s - w)^2`` over row ``r``: float32 terms, float64 squares, in 8 lanes."""
+    lanes = np.zeros(8, dtype=np.float64)  # 8 running sums, element k into lane k % 8: independent chains
+    for k in range(w.shape[1]):
+        q = min(max(np.rint(w[r, k] / s + z), low), high)
+        e = np.float64((q - z) * s - w[r, k])
+        lanes[k % 8] += e * e
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+@int_jit
+def grid_search(w, steps, unfit, rtn_scale, rtn_zp, low, high, zero_shifts, scale_out, zp_out):
+    """:func:`optimum_wc.quant.clipping.mse_grid_params` for each row of ``w`` (see there), element for element."""
+    for r in range(w.shape[0]):
+        s0 = rtn_scale[r]
+        z0 = rtn_zp[r]
+        best = _grid_row_error(w, r, s0, z0, low, high)
+        w_min = w[r, 0]
+        w_max = w[r, 0]
+        for k in range(1, w.shape[1]):
+            w_min = min(w_min, w[r, k])
+            w_max = max(w_max, w[r, k])
+        half = abs(np.float64(s0)) / 2.0
+        bound_min = max(half, _grid_point_error(w_min, s0, z0, low, high)) * (1 + 1e-6)
+        bound_max = max(half, _grid_point_error(w_max, s0, z0, low, high)) * (1 + 1e-6)
+        lo = min(w_min, np.float32(0))
+        best_s = s0
+        best_z = z0
+        for j in range(steps.shape[1]):
+            if unfit[r, j]:
+                continue
+            s = steps[r, j]
+            centre = np.rint(-lo / s)
+            for d in zero_shifts:
+                z = min(max(centre + d, np.float32(0)), high) if zero_shifts.size > 1 else np.float32(0)
+                if _grid_point_error(w_min, s, z, low, high) > bound_min:
+                    continue
+                if _grid_point_error(w_max, s, z, low, high) > bound_max:
+                    continue
+                err = _grid_row_error(w, r, s, z, low, high)
+                if err < best:
+                    best = err
+                    best_s = s
+                    best_z = z
+        scale_out[r] = best_s
+        zp_out[r] = best_z
