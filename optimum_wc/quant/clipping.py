@@ -34,13 +34,19 @@ MSE, FULL, GRID = "mse", "full", "grid"  # the range rules :func:`range_params` 
 CLIP_GRID = tuple(1.0 - 0.5 * i / 20 for i in range(20))  # 1.0, 0.975, ..., 0.525
 
 
-def _group_error(w: np.ndarray, axis: int, scale: np.ndarray, zp: np.ndarray | None,
-                 mode: CompressWeightsMode) -> np.ndarray:
+def _rounding_error(w: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
+    """``deq(q(w)) - w`` in float32: ``(q - zp) * scale - w``, in that order."""
     q = rounded_levels(w, scale, zp, mode)
     if zp is not None:
         q -= zp.astype(np.float32)
     q *= scale
     q -= w
+    return q
+
+
+def _group_error(w: np.ndarray, axis: int, scale: np.ndarray, zp: np.ndarray | None,
+                 mode: CompressWeightsMode) -> np.ndarray:
+    q = _rounding_error(w, scale, zp, mode)
     return np.sum(np.square(q, dtype=np.float64), axis=axis, keepdims=True)  # float64: no near-tie flips
 
 
@@ -135,10 +141,7 @@ def grid_steps(num_bits: int) -> tuple[float, ...]:
 
 def _extreme_error(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
     """``|deq(q(x)) - x|`` for one value ``x`` per group (the group's minimum or maximum weight)."""
-    q = rounded_levels(x, scale, zp, mode)
-    if zp is not None:
-        q -= zp.astype(np.float32)
-    return np.abs(q * scale - x).astype(np.float64)
+    return np.abs(_rounding_error(x, scale, zp, mode)).astype(np.float64)
 
 
 def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode,
@@ -186,12 +189,7 @@ def mse_grid_params(w: np.ndarray, axis: int, mode: CompressWeightsMode,
 def _row_errors_in_order(rows: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, mode: CompressWeightsMode) -> np.ndarray:
     """Each row's ``sum (deq(q(w)) - w)^2``: float32 terms, float64 squares, in the kernel's order (8 lanes, then
     pairwise: lane ``k % 8`` sums element ``k`` in element order)."""
-    q = rounded_levels(rows, scale, zp, mode)
-    if zp is not None:
-        q -= zp.astype(np.float32)
-    q *= scale
-    q -= rows
-    sq = np.square(q, dtype=np.float64)
+    sq = np.square(_rounding_error(rows, scale, zp, mode), dtype=np.float64)
     lanes = np.zeros((rows.shape[0], 8), dtype=np.float64)
     for k in range(rows.shape[1]):  # element k into lane k % 8, each lane in element order
         lanes[:, k % 8] += sq[:, k]
